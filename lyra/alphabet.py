@@ -13,8 +13,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from lyra.errors import LyraError
 
-class InvalidSequenceError(ValueError):
+
+class InvalidSequenceError(LyraError, ValueError):
     """A sequence holds a character its alphabet does not know."""
 
 
@@ -68,7 +70,8 @@ class Alphabet:
         mask = np.zeros((len(encoded), L), dtype=bool)
         for i, t in enumerate(encoded):
             if len(t) > L:
-                raise InvalidSequenceError(f"sequence {i + 1} has length {len(t)} > padded length {L}")
+                label = f"sequence {names[i]!r}" if names is not None else f"sequence {i + 1}"
+                raise InvalidSequenceError(f"{label} has length {len(t)} > padded length {L}")
             tokens[i, : len(t)] = t
             mask[i, : len(t)] = True
         return tokens, mask

@@ -1,0 +1,145 @@
+"""`lyra <stage>`: every campaign stage from the command line, without Snakemake.
+
+    lyra run --config config/config.yaml                 # the whole campaign in one process
+    lyra preprocess --config C --out-dir results/x/data  # one stage, explicit paths (what the rules call)
+
+Errors in the user's input print one line (`error: ...`) and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from lyra import pipeline
+from lyra.config import load_config, parse_overrides
+from lyra.errors import LyraError
+
+log = logging.getLogger("lyra")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="campaign config (YAML)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.max_epochs=5")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lyra", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="all stages in one process")
+    _common(p)
+    p.add_argument("--results", default="results", help="results root (default: results)")
+
+    p = sub.add_parser("check-config", help="validate a config and print it with defaults filled in")
+    _common(p)
+
+    p = sub.add_parser("preprocess", help="measurements -> dataset.parquet + report.md")
+    _common(p)
+    p.add_argument("--out-dir", required=True)
+
+    p = sub.add_parser("tune-worker", help="one Optuna worker on the shared journal")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--journal", required=True)
+    p.add_argument("--worker", type=int, required=True)
+    p.add_argument("--done", help="file to touch when the worker has finished")
+
+    p = sub.add_parser("tune-collect", help="best trial -> best.json + trials table")
+    _common(p)
+    p.add_argument("--journal", required=True)
+    p.add_argument("--best", required=True)
+    p.add_argument("--trials", required=True)
+
+    p = sub.add_parser("train", help="one ensemble member")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--best", required=True)
+    p.add_argument("--member", type=int, required=True, help="ensemble member k (its seed derives from the campaign seed)")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("evaluate", help="ensemble metrics on the validation and test splits")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("checkpoints", nargs="+")
+
+    p = sub.add_parser("score", help="score one shard of the design library")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("checkpoints", nargs="+")
+
+    p = sub.add_parser("gather", help="concatenate library shards")
+    p.add_argument("--out", required=True)
+    p.add_argument("shards", nargs="+")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+    p = sub.add_parser("rank", help="pick the variants to order next")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--fasta", required=True)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "gather":
+        pipeline.gather(args.shards, args.out)
+        return
+    config = load_config(args.config, parse_overrides(args.set))
+    cmd = args.command
+    if cmd == "run":
+        root = pipeline.run_campaign(config, args.results)
+        print(f"campaign finished: {root}")
+    elif cmd == "check-config":
+        from lyra.config import dump
+
+        print(dump({k: v for k, v in config.items() if not k.startswith("_")}), end="")
+    elif cmd == "preprocess":
+        print(pipeline.preprocess(config, args.out_dir))
+    elif cmd == "tune-worker":
+        n = pipeline.tune_worker(config, args.dataset, args.journal, args.worker)
+        log.info("worker %d ran %d trials", args.worker, n)
+        if args.done:
+            Path(args.done).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.done).write_text(f"{n}\n")
+    elif cmd == "tune-collect":
+        pipeline.tune_collect(config, args.journal, args.best, args.trials)
+    elif cmd == "train":
+        pipeline.train(config, args.dataset, args.best, args.member, args.out)
+    elif cmd == "evaluate":
+        pipeline.evaluate(config, args.dataset, args.checkpoints, args.out)
+    elif cmd == "score":
+        pipeline.score(config, args.dataset, args.checkpoints, args.shard, args.out)
+    elif cmd == "rank":
+        pipeline.rank(config, args.dataset, args.scores, args.csv, args.fasta)
+    else:  # pragma: no cover - argparse rejects unknown commands
+        raise SystemExit(f"unknown command {cmd}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        _dispatch(args)
+    except LyraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

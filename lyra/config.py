@@ -1,0 +1,162 @@
+"""The campaign config: load YAML, fill defaults from the schema, validate, resolve paths.
+
+One schema (`lyra/schema.yaml`, also at `config/schema.yaml`) is the single description of every key,
+its default and its meaning. The Snakefile and the `lyra` CLI both go through `resolve_config`, so a
+campaign behaves the same with and without Snakemake.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib.resources
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from lyra.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+PACKAGE_SCHEME = "package://"
+
+# Which config sections each stage reads; a stage reruns only when its own sections change.
+STAGE_SECTIONS = {
+    "preprocess": ("campaign", "seed", "data", "split", "rounds"),
+    "tune": ("campaign", "seed", "model", "train", "tune"),
+    "train": ("campaign", "seed", "model", "train"),
+    "score": ("campaign", "seed", "library"),
+    "rank": ("campaign", "seed", "library", "rank"),
+    "report": ("campaign", "seed", "report"),
+}
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Read a campaign YAML, apply `section.key=value` overrides, fill defaults and validate."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a campaign config is a mapping of keys, got {type(raw).__name__}")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    return resolve_config(raw, base_dir=path.parent, source=str(path))
+
+
+def resolve_config(raw: Mapping[str, Any], base_dir: str | os.PathLike = ".", source: str = "config") -> dict:
+    """Defaults filled in, schema-validated, relative data paths made absolute against `base_dir`."""
+    schema = load_schema()
+    config = copy.deepcopy(dict(raw))
+    _check_unknown_keys(config, schema, source, prefix="")
+    _fill_defaults(config, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        path = [str(p) for p in e.absolute_path]
+        if e.validator == "required":  # name the missing key itself, not its parent section
+            missing = [k for k in e.validator_value if k not in e.instance]
+            raise ConfigError(f"{source}: config key '{'.'.join(path + missing[:1])}' is required")
+        key = ".".join(path) or "(top level)"
+        raise ConfigError(f"{source}: config key '{key}': {e.message}")
+    config["_base_dir"] = str(Path(base_dir).resolve())
+    return config
+
+
+def stage_config(config: Mapping[str, Any], stage: str) -> dict:
+    """The subset of the config a stage reads (what its rerun trigger should watch)."""
+    sections = STAGE_SECTIONS[stage]
+    sub = {k: copy.deepcopy(config[k]) for k in sections if k in config}
+    sub["_base_dir"] = config.get("_base_dir", ".")
+    return sub
+
+
+def resolve_path(value: str | None, base_dir: str | os.PathLike = ".") -> str | None:
+    """A file path from the config: `package://pkg/rel/path` (data shipped in a Python package) or a
+    path relative to the config file's directory."""
+    if value is None:
+        return None
+    value = str(value)
+    if value.startswith(PACKAGE_SCHEME):
+        package, _, rel = value[len(PACKAGE_SCHEME) :].partition("/")
+        try:
+            root = importlib.resources.files(package)
+        except ModuleNotFoundError:
+            raise ConfigError(f"{value}: Python package {package!r} is not installed") from None
+        target = root.joinpath(rel)
+        if not target.is_file():
+            raise ConfigError(f"{value}: no file {rel!r} in package {package!r}")
+        return str(target)
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (Path(base_dir) / p).resolve())
+
+
+def campaign_dir(config: Mapping[str, Any], results: str = "results") -> Path:
+    return Path(results) / config["campaign"]
+
+
+def dump(config: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(config), sort_keys=False)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """CLI `--set train.max_epochs=5` pairs; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.max_epochs=5")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+# --- schema helpers ---------------------------------------------------------------------------------
+
+
+def _set_dotted(config: dict, dotted: str, value: Any) -> None:
+    node = config
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{dotted}': '{p}' is not a section")
+    node[leaf] = value
+
+
+def _fill_defaults(node: Any, schema: dict) -> None:
+    if not isinstance(node, dict) or schema.get("type") != "object":
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in node and "default" in sub:
+            node[key] = copy.deepcopy(sub["default"])
+        if key in node:
+            _fill_defaults(node[key], sub)
+
+
+def _check_unknown_keys(node: Any, schema: dict, source: str, prefix: str) -> None:
+    """jsonschema reports additionalProperties without naming the key well; do it ourselves."""
+    if not isinstance(node, dict) or schema.get("type") != "object":
+        return
+    props = schema.get("properties", {})
+    if schema.get("additionalProperties", True) is False:
+        for key in node:
+            if key not in props and not str(key).startswith("_"):
+                close = difflib.get_close_matches(str(key), list(props), n=1)
+                hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+                known = ", ".join(props)
+                raise ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}; known keys: {known}")
+    for key, sub in props.items():
+        if key in node:
+            _check_unknown_keys(node[key], sub, source, f"{prefix}{key}.")

@@ -1,0 +1,236 @@
+"""The campaign stages as plain functions: what the Snakemake rules and `lyra <stage>` call.
+
+Each stage reads a resolved config (see lyra.config) and explicit input paths, and writes explicit
+output paths atomically. `run_campaign` chains them in one process for use without Snakemake; the
+file layout is the same as the workflow's (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from lyra.config import campaign_dir, resolve_path, stage_config
+from lyra.errors import ConfigError, LyraError
+
+log = logging.getLogger("lyra.pipeline")
+
+
+def training_seed(config: Mapping[str, Any], member: int) -> int:
+    """Seed of ensemble member k: distinct per member, derived from the campaign seed."""
+    return int(config["seed"]) * 1000 + int(member)
+
+
+def study_name(config: Mapping[str, Any]) -> str:
+    """One Optuna study per tuning setup: changing the search (or the data it sees) starts a new study
+    in the same journal instead of mixing trials from different searches."""
+    sub = stage_config(config, "tune")
+    sub.pop("_base_dir", None)
+    digest = hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{config['campaign']}-{digest}"
+
+
+def data_config(config: Mapping[str, Any]) -> dict:
+    """The data section with its file paths resolved (package:// or relative to the working directory)."""
+    data = dict(config["data"])
+    base = config.get("_base_dir", ".")
+    data["path"] = resolve_path(data["path"], base)
+    wt = data.get("wild_type")
+    if wt and _looks_like_path(wt):
+        data["wild_type"] = resolve_path(wt, base)
+    return data
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "." in value or value.startswith(("package:", "~"))
+
+
+def round_files(config: Mapping[str, Any]) -> list[str]:
+    """rounds/<n>/measurements.csv files, in round order."""
+    rdir = config.get("rounds", {}).get("dir")
+    if not rdir:
+        return []
+    root = Path(resolve_path(rdir, config.get("_base_dir", ".")))
+    if not root.is_dir():
+        raise ConfigError(f"config key 'rounds.dir': {root} is not a directory")
+    rounds = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    return [str(p / "measurements.csv") for p in rounds if (p / "measurements.csv").exists()]
+
+
+# --- stages -----------------------------------------------------------------------------------------
+
+
+def preprocess(config: Mapping[str, Any], out_dir: str | Path) -> Path:
+    from lyra.datasets import prepare_dataset
+
+    return prepare_dataset(data_config(config), config["split"], out_dir, rounds=round_files(config))
+
+
+def tune_worker(config: Mapping[str, Any], dataset: str | Path, journal: str | Path, worker: int) -> int:
+    from lyra.tune import TuneConfig, run_worker
+
+    tune_cfg = TuneConfig.from_dict({**config["tune"], "seed": config["seed"]})
+    return run_worker(
+        dataset, journal, tune_cfg, dict(config["model"]), dict(config["train"]), worker, study_name=study_name(config)
+    )
+
+
+def tune_collect(config: Mapping[str, Any], journal: str | Path, best: str | Path, trials: str | Path) -> dict:
+    from lyra.tune import TuneConfig, collect_best, fixed_best
+
+    if not config["tune"]["enabled"]:
+        return fixed_best(best, dict(config["model"]), dict(config["train"]))
+    tune_cfg = TuneConfig.from_dict({**config["tune"], "seed": config["seed"]})
+    return collect_best(journal, best, trials, study_name=study_name(config), tune_cfg=tune_cfg)
+
+
+def best_params(config: Mapping[str, Any], best_json: str | Path) -> tuple[dict, dict]:
+    """Model and training configs for the final models: the config's, overridden by tuning's best."""
+    best = json.loads(Path(best_json).read_text())
+    model_cfg = {**config["model"], **best.get("model", {})}
+    train_cfg = {**config["train"], **best.get("train", {})}
+    return model_cfg, train_cfg
+
+
+def train(config: Mapping[str, Any], dataset: str | Path, best_json: str | Path, member: int, out: str | Path) -> Path:
+    from lyra.datasets import load_dataset
+    from lyra.train import TrainConfig, train_model
+
+    ds = load_dataset(dataset)
+    model_cfg, train_cfg = best_params(config, best_json)
+    out = Path(out)
+    resume = out.with_name(f".{out.stem}.resume.pt")  # not a declared output: survives a killed job
+    result = train_model(
+        ds.frame, ds.meta, model_cfg, TrainConfig.from_dict(train_cfg), training_seed(config, member), out, resume_path=resume
+    )
+    return Path(result.checkpoint_path)
+
+
+def evaluate(config: Mapping[str, Any], dataset: str | Path, checkpoints: list[str], out: str | Path) -> Path:
+    from lyra.datasets import load_dataset
+    from lyra.train import resolve_device, write_metrics
+
+    ds = load_dataset(dataset)
+    write_metrics(out, checkpoints, ds.frame, ds.meta, device=str(resolve_device(config["train"]["device"])))
+    return Path(out)
+
+
+def _library_context(dataset: str | Path) -> tuple[Any, dict]:
+    from lyra.datasets import load_dataset
+
+    ds = load_dataset(dataset)
+    meta = ds.meta
+    if not meta.get("wild_type"):
+        raise ConfigError("library: the dataset has no wild type (set data.wild_type) to build a library from")
+    return ds, meta
+
+
+def score(
+    config: Mapping[str, Any], dataset: str | Path, checkpoints: list[str], shard: int, out: str | Path
+) -> Path:
+    from lyra.library import LibraryConfig, measured_exclusions
+    from lyra.rank import score_shard
+    from lyra.train import resolve_device
+
+    ds, meta = _library_context(dataset)
+    lib_cfg = LibraryConfig.from_dict(library_section(config))
+    exclude = measured_exclusions(ds.frame) if lib_cfg.exclude_measured else None
+    return score_shard(
+        checkpoints,
+        lib_cfg,
+        meta["wild_type"],
+        meta.get("first_position", 1),
+        meta["alphabet"],
+        shard,
+        lib_cfg.n_shards,
+        out,
+        device=str(resolve_device(config["train"]["device"])),
+        exclude=exclude,
+    )
+
+
+def library_section(config: Mapping[str, Any]) -> dict:
+    lib = dict(config["library"])
+    base = config.get("_base_dir", ".")
+    for key in ("path", "spec"):
+        if lib.get(key):
+            lib[key] = resolve_path(lib[key], base)
+    return lib
+
+
+def gather(shards: list[str], out: str | Path) -> Path:
+    from lyra.rank import gather_scores
+
+    return gather_scores(shards, out)
+
+
+def rank(config: Mapping[str, Any], dataset: str | Path, scores: str | Path, csv: str | Path, fasta: str | Path) -> Path:
+    from lyra.rank import RankConfig, rank_variants, write_ranking
+
+    _, meta = _library_context(dataset)
+    table = rank_variants(scores, RankConfig.from_dict(config["rank"]), wild_type=meta["wild_type"], first_position=meta.get("first_position", 1))
+    write_ranking(table, csv, fasta)
+    return Path(csv)
+
+
+def run_campaign(config: Mapping[str, Any], results: str | Path = "results", stages: tuple[str, ...] | None = None) -> Path:
+    """All stages in one process (no Snakemake): same files as the workflow, reused when present."""
+    root = Path(results) / config["campaign"] if results else campaign_dir(config)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn, *outputs: Path) -> None:
+        if all(Path(o).exists() for o in outputs):
+            log.info("%s: outputs exist, skipped", name)
+            return
+        t0 = time.perf_counter()
+        log.info("%s ...", name)
+        fn()
+        timings[name] = round(time.perf_counter() - t0, 3)
+
+    dataset = root / "data" / "dataset.parquet"
+    stage("preprocess", lambda: preprocess(config, root / "data"), dataset)
+    journal, best, trials = root / "tune" / "journal.log", root / "tune" / "best.json", root / "tune" / "trials.tsv"
+
+    def tune_all() -> None:
+        if config["tune"]["enabled"]:
+            for w in range(config["tune"]["n_workers"]):
+                tune_worker(config, dataset, journal, w)
+        tune_collect(config, journal, best, trials)
+
+    stage("tune", tune_all, best)
+    models = [root / "models" / f"seed{k}.pt" for k in range(config["train"]["seeds"])]
+    for k, m in enumerate(models):
+        stage(f"train seed{k}", lambda k=k, m=m: train(config, dataset, best, k, m), m)
+    metrics = root / "models" / "metrics.json"
+    stage("evaluate", lambda: evaluate(config, dataset, [str(m) for m in models], metrics), metrics)
+    shards = [root / "library" / f"shard{k}.parquet" for k in range(config["library"]["n_shards"])]
+    for k, s in enumerate(shards):
+        stage(f"score shard{k}", lambda k=k, s=s: score(config, dataset, [str(m) for m in models], k, s), s)
+    scores = root / "library" / "scores.parquet"
+    stage("gather", lambda: gather([str(s) for s in shards], scores), scores)
+    stage("rank", lambda: rank(config, dataset, scores, root / "ranking.csv", root / "ranking.fasta"), root / "ranking.csv")
+    if timings:
+        log.info("stage wall times (s): %s", timings)
+    return root
+
+
+__all__ = [
+    "LyraError",
+    "data_config",
+    "evaluate",
+    "gather",
+    "preprocess",
+    "rank",
+    "round_files",
+    "run_campaign",
+    "score",
+    "study_name",
+    "train",
+    "training_seed",
+    "tune_collect",
+    "tune_worker",
+]

@@ -1,0 +1,19 @@
+# Stage 0: one small config file per stage, holding only the sections that stage reads.
+# Snakemake's params rerun trigger watches them, so changing e.g. rank.top_n reruns ranking, not training.
+
+from lyra.config import dump
+from lyra.io import write_text
+
+
+rule stage_config:
+    output:
+        res("config/{stage}.yaml"),
+    params:
+        cfg=lambda wildcards: stage_config(config, wildcards.stage),
+    log:
+        res("logs/config/{stage}.log"),
+    wildcard_constraints:
+        stage="preprocess|tune|train|score|rank|report",
+    localrule: True
+    run:
+        write_text(output[0], dump(params.cfg))

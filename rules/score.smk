@@ -1,0 +1,62 @@
+# The design library is scored in shards (GPU jobs on a cluster), gathered, then ranked.
+
+
+rule score_shard:
+    input:
+        cfg=stage_cfg("score"),
+        dataset=res("data/dataset.parquet"),
+        models=expand(res("models/seed{seed}.pt"), seed=SEEDS),
+    output:
+        shard=res("library/shard{shard}.parquet"),
+    log:
+        res("logs/score/shard{shard}.log"),
+    benchmark:
+        res("benchmarks/score/shard{shard}.tsv")
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../envs/lyra.yaml"
+    shell:
+        "lyra score --config {input.cfg:q} --dataset {input.dataset:q} --shard {wildcards.shard}"
+        " --out {output.shard:q} {input.models:q} > {log:q} 2>&1"
+
+
+rule gather_scores:
+    input:
+        expand(res("library/shard{shard}.parquet"), shard=SHARDS),
+    output:
+        res("library/scores.parquet"),
+    log:
+        res("logs/score/gather.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/lyra.yaml"
+    shell:
+        "lyra gather --out {output:q} {input:q} > {log:q} 2>&1"
+
+
+rule rank:
+    input:
+        cfg=stage_cfg("rank"),
+        dataset=res("data/dataset.parquet"),
+        scores=res("library/scores.parquet"),
+    output:
+        csv=res("ranking.csv"),
+        fasta=res("ranking.fasta"),
+    log:
+        res("logs/rank.log"),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/lyra.yaml"
+    shell:
+        "lyra rank --config {input.cfg:q} --dataset {input.dataset:q} --scores {input.scores:q}"
+        " --csv {output.csv:q} --fasta {output.fasta:q} > {log:q} 2>&1"

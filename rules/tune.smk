@@ -1,0 +1,52 @@
+# N workers share one Optuna study in a journal file (safe on a shared filesystem); a collect step
+# fails trials left RUNNING by killed jobs and picks the best. With tune.enabled false, best.json
+# holds the config's fixed parameters so that training always reads the same file.
+
+JOURNAL = res("tune/journal.log")
+
+if config["tune"]["enabled"]:
+
+    rule tune_worker:
+        input:
+            cfg=stage_cfg("tune"),
+            dataset=res("data/dataset.parquet"),
+        output:
+            done=res("tune/worker{worker}.done"),
+        params:
+            journal=JOURNAL,
+        log:
+            res("logs/tune/worker{worker}.log"),
+        benchmark:
+            res("benchmarks/tune/worker{worker}.tsv")
+        threads: 2
+        resources:
+            gpu=1,
+            mem_mb=8000,
+            runtime=240,
+        conda:
+            "../envs/lyra.yaml"
+        shell:
+            "lyra tune-worker --config {input.cfg:q} --dataset {input.dataset:q} --journal {params.journal:q}"
+            " --worker {wildcards.worker} --done {output.done:q} > {log:q} 2>&1"
+
+
+rule tune_collect:
+    input:
+        cfg=stage_cfg("tune"),
+        workers=expand(res("tune/worker{worker}.done"), worker=WORKERS) if config["tune"]["enabled"] else [],
+    output:
+        best=res("tune/best.json"),
+        trials=res("tune/trials.tsv"),
+    params:
+        journal=JOURNAL,
+    log:
+        res("logs/tune/collect.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/lyra.yaml"
+    shell:
+        "lyra tune-collect --config {input.cfg:q} --journal {params.journal:q} --best {output.best:q}"
+        " --trials {output.trials:q} > {log:q} 2>&1"
