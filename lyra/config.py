@@ -52,7 +52,9 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
         raise ConfigError(f"{path}: a campaign config is a mapping of keys, got {type(raw).__name__}")
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
-    return resolve_config(raw, base_dir=path.parent, source=str(path))
+    # Relative paths resolve against the working directory, as in Snakemake, so one config means the
+    # same files whichever way it is run.
+    return resolve_config(raw, base_dir=Path.cwd(), source=str(path))
 
 
 def resolve_config(raw: Mapping[str, Any], base_dir: str | os.PathLike = ".", source: str = "config") -> dict:

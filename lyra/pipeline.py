@@ -67,7 +67,9 @@ def round_files(config: Mapping[str, Any]) -> list[str]:
 def preprocess(config: Mapping[str, Any], out_dir: str | Path) -> Path:
     from lyra.datasets import prepare_dataset
 
-    return prepare_dataset(data_config(config), config["split"], out_dir, rounds=round_files(config))
+    return prepare_dataset(
+        data_config(config), config["split"], out_dir, base_dir=config.get("_base_dir"), rounds=round_files(config)
+    )
 
 
 def tune_worker(config: Mapping[str, Any], dataset: str | Path, journal: str | Path, worker: int) -> int:

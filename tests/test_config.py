@@ -104,6 +104,8 @@ def _schema_defaults(section: str) -> dict:
 @pytest.mark.parametrize(
     "section, module, cls, skip",
     [
+        ("data", "lyra.datasets", "DataConfig", {"path", "target_column"}),
+        ("split", "lyra.datasets", "SplitConfig", set()),
         ("model", "lyra.model", "LyraConfig", {"d_input", "d_output", "token_level", "ssm_lr", "dt_min", "dt_max"}),
         ("train", "lyra.train", "TrainConfig", set()),
         ("tune", "lyra.tune", "TuneConfig", {"seed", "search_space"}),
