@@ -85,6 +85,9 @@ def tune_collect(config: Mapping[str, Any], journal: str | Path, best: str | Pat
     from lyra.tune import TuneConfig, collect_best, fixed_best
 
     if not config["tune"]["enabled"]:
+        from lyra.io import write_text
+
+        write_text(trials, "number\tstate\tvalue\n")  # no search ran: an empty trials table
         return fixed_best(best, dict(config["model"]), dict(config["train"]))
     tune_cfg = TuneConfig.from_dict({**config["tune"], "seed": config["seed"]})
     return collect_best(journal, best, trials, study_name=study_name(config), tune_cfg=tune_cfg)
