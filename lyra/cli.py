@@ -81,7 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rank", help="pick the variants to order next")
     _common(p)
-    p.add_argument("--dataset", required=True)
     p.add_argument("--scores", required=True)
     p.add_argument("--csv", required=True)
     p.add_argument("--fasta", required=True)
@@ -118,7 +117,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     elif cmd == "score":
         pipeline.score(config, args.dataset, args.checkpoints, args.shard, args.out)
     elif cmd == "rank":
-        pipeline.rank(config, args.dataset, args.scores, args.csv, args.fasta)
+        pipeline.rank(config, args.scores, args.csv, args.fasta)
     else:  # pragma: no cover - argparse rejects unknown commands
         raise SystemExit(f"unknown command {cmd}")
 

@@ -137,13 +137,13 @@ def _library_context(dataset: str | Path) -> tuple[Any, dict]:
 def score(
     config: Mapping[str, Any], dataset: str | Path, checkpoints: list[str], shard: int, out: str | Path
 ) -> Path:
-    from lyra.library import LibraryConfig, measured_exclusions
+    from lyra.library import LibraryConfig, measured_sequences
     from lyra.rank import score_shard
     from lyra.train import resolve_device
 
-    ds, meta = _library_context(dataset)
+    _, meta = _library_context(dataset)
     lib_cfg = LibraryConfig.from_dict(library_section(config))
-    exclude = measured_exclusions(ds.frame) if lib_cfg.exclude_measured else None
+    exclude = measured_sequences(dataset) if lib_cfg.exclude_measured else None
     return score_shard(
         checkpoints,
         lib_cfg,
@@ -173,11 +173,10 @@ def gather(shards: list[str], out: str | Path) -> Path:
     return gather_scores(shards, out)
 
 
-def rank(config: Mapping[str, Any], dataset: str | Path, scores: str | Path, csv: str | Path, fasta: str | Path) -> Path:
+def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: str | Path) -> Path:
     from lyra.rank import RankConfig, rank_variants, write_ranking
 
-    _, meta = _library_context(dataset)
-    table = rank_variants(scores, RankConfig.from_dict(config["rank"]), wild_type=meta["wild_type"], first_position=meta.get("first_position", 1))
+    table = rank_variants(scores, RankConfig.from_dict(config["rank"]))
     write_ranking(table, csv, fasta)
     return Path(csv)
 
@@ -217,7 +216,7 @@ def run_campaign(config: Mapping[str, Any], results: str | Path = "results", sta
         stage(f"score shard{k}", lambda k=k, s=s: score(config, dataset, [str(m) for m in models], k, s), s)
     scores = root / "library" / "scores.parquet"
     stage("gather", lambda: gather([str(s) for s in shards], scores), scores)
-    stage("rank", lambda: rank(config, dataset, scores, root / "ranking.csv", root / "ranking.fasta"), root / "ranking.csv")
+    stage("rank", lambda: rank(config, scores, root / "ranking.csv", root / "ranking.fasta"), root / "ranking.csv")
     if timings:
         log.info("stage wall times (s): %s", timings)
     return root

@@ -44,7 +44,6 @@ rule gather_scores:
 rule rank:
     input:
         cfg=stage_cfg("rank"),
-        dataset=res("data/dataset.parquet"),
         scores=res("library/scores.parquet"),
     output:
         csv=res("ranking.csv"),
@@ -58,5 +57,5 @@ rule rank:
     conda:
         "../envs/lyra.yaml"
     shell:
-        "lyra rank --config {input.cfg:q} --dataset {input.dataset:q} --scores {input.scores:q}"
+        "lyra rank --config {input.cfg:q} --scores {input.scores:q}"
         " --csv {output.csv:q} --fasta {output.fasta:q} > {log:q} 2>&1"
