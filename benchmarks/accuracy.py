@@ -1,0 +1,221 @@
+"""Accuracy benchmark: Lyra ensembles against one-hot ridge regression, on identical public splits.
+
+    python benchmarks/accuracy.py --splits three_vs_rest low_vs_high --seeds 3
+    python benchmarks/accuracy.py --quick                      # every split, 1 seed, few epochs
+
+Splits (read directly from /work/shared/data, see its README):
+- FLIP GB1 `one_vs_rest`, `two_vs_rest`, `three_vs_rest`, `low_vs_high`, `sampled`: FLIP's `set` column
+  is train/test and its `validation` column marks the validation rows (10% of train). Only the first 56
+  residues are used: the 56-aa GB1 domain, where all the variation is; the 209-aa fusion partner that
+  FLIP appends is identical in every row.
+- `gfp_standard`: avGFP (Sarkisyan 2016) with METL's standard index files (train / val / test rows of
+  `avgfp.tsv`; the `stest` super-test rows are not used). Sequences are the 237-aa WT with the variant's
+  substitutions applied (0-based positions).
+- `cdr3`: ReLSO's Gifford antibody CDR3 train/test files. The `J` padding is stripped and the
+  variable-length CDR3s are padded and masked by the model (never seen as residues); 10% of the train
+  file (random, seed 0) is held out for validation. The test file is only used for the final number.
+
+Each member of the ensemble is trained with `lyra.train.train_model` (selection and early stopping on
+the validation rows only); the ensemble prediction is the mean over seeds. Ridge (alpha 1, one-hot) is
+fit on train + validation rows, which is how the reference values in the issue were measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.ridge import ridge_fit_predict  # noqa: E402
+from lyra.metrics import spearman  # noqa: E402
+from lyra.train import TrainConfig, evaluate_ensemble, train_model  # noqa: E402
+
+log = logging.getLogger("lyra.benchmarks.accuracy")
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+GB1_SPLITS = ("one_vs_rest", "two_vs_rest", "three_vs_rest", "low_vs_high", "sampled")
+ALL_SPLITS = GB1_SPLITS + ("gfp_standard", "cdr3")
+GB1_DOMAIN = 56
+META = {"alphabet": "protein", "targets": ["target"], "task": "regression", "classes": None, "wild_type": None}
+
+
+@dataclass
+class Setting:
+    """Model and training parameters of one split (chosen on validation Spearman, see docs/benchmarks.md)."""
+
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+
+GB1_SETTING = Setting(
+    model={"d_model": 64, "d_state": 64, "n_s4d": 2, "bidirectional": True, "dropout": 0.1},
+    train={"max_epochs": 60, "patience": 20, "batch_size": 64, "lr": 2e-3, "target_transform": "rank_gauss"},
+)
+SETTINGS = {name: GB1_SETTING for name in GB1_SPLITS}
+SETTINGS["gfp_standard"] = Setting(
+    model={"d_model": 64, "d_state": 64, "n_s4d": 2, "bidirectional": True, "dropout": 0.1},
+    train={"max_epochs": 15, "patience": 5, "batch_size": 128, "lr": 2e-3, "target_transform": "standardize"},
+)
+SETTINGS["cdr3"] = Setting(
+    model={"d_model": 64, "d_state": 64, "n_s4d": 2, "bidirectional": True, "dropout": 0.1},
+    train={"max_epochs": 20, "patience": 6, "batch_size": 128, "lr": 2e-3, "target_transform": "standardize"},
+)
+
+
+def _frame(sequences, targets, split) -> pd.DataFrame:
+    n = len(sequences)
+    return pd.DataFrame({
+        "variant_id": [f"v{i}" for i in range(n)], "sequence": list(sequences), "mutations": None,
+        "n_mutations": None, "target": np.asarray(targets, dtype=np.float64), "n_replicates": 1,
+        "split": np.asarray(split), "fold": -1,
+    })
+
+
+def load_gb1(name: str) -> pd.DataFrame:
+    with zipfile.ZipFile(DATA / "gb1_flip" / "splits.zip") as z:
+        df = pd.read_csv(z.open(f"splits/{name}.csv"))
+    valid = df["validation"].astype(str).str.lower().eq("true")
+    split = np.where(df["set"] == "test", "test", np.where(valid, "valid", "train"))
+    return _frame(df["sequence"].str[:GB1_DOMAIN], df["target"], split)
+
+
+def load_gfp() -> pd.DataFrame:
+    root = DATA / "gfp_sarkisyan2016"
+    wt = "".join(line.strip() for line in (root / "avgfp_wt.fasta").read_text().splitlines()[1:])
+    df = pd.read_csv(root / "avgfp.tsv", sep="\t")
+    seqs = []
+    for row, variant in enumerate(df["variant"]):
+        s = list(wt)
+        for m in variant.split(","):
+            pos = int(m[1:-1])  # 0-based on the 237-aa WT
+            if s[pos] != m[0]:
+                raise ValueError(f"avgfp.tsv row {row + 2}: {m} does not match the wild type ({wt[pos]})")
+            s[pos] = m[-1]
+        seqs.append("".join(s))
+    (index_dir,) = (root / "metl_splits" / "standard").iterdir()
+    split = np.full(len(df), "", dtype=object)
+    for name, label in (("train", "train"), ("val", "valid"), ("test", "test")):
+        split[np.loadtxt(index_dir / f"{name}.txt", dtype=np.int64)] = label
+    keep = split != ""  # the super-test rows
+    return _frame(np.array(seqs, dtype=object)[keep], df["score"].to_numpy()[keep], split[keep])
+
+
+def load_cdr3(valid_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    root = DATA / "relso_gifford"
+    train = pd.read_csv(root / "gifford_train_data.csv")
+    test = pd.read_csv(root / "gifford_test_data.csv")
+    is_valid = np.zeros(len(train), dtype=bool)
+    is_valid[np.random.default_rng(seed).permutation(len(train))[: int(round(valid_fraction * len(train)))]] = True
+    split = np.concatenate([np.where(is_valid, "valid", "train"), np.full(len(test), "test")])
+    seqs = pd.concat([train["CDR3"], test["CDR3"]]).str.strip("J")  # J is padding only, at both ends
+    return _frame(seqs, np.concatenate([train["enrichment"], test["enrichment"]]), split)
+
+
+def load_split(name: str) -> pd.DataFrame:
+    if name in GB1_SPLITS:
+        return load_gb1(name)
+    if name == "gfp_standard":
+        return load_gfp()
+    if name == "cdr3":
+        return load_cdr3()
+    raise SystemExit(f"unknown split {name!r}; choose from {', '.join(ALL_SPLITS)}")
+
+
+def run_split(name: str, seeds: int, out_dir: Path, epochs: int | None, model_override: dict,
+              train_override: dict, quick: bool, device: str) -> dict:
+    frame = load_split(name)
+    setting = SETTINGS[name]
+    model_cfg = {**setting.model, **model_override}
+    train_kw = {**setting.train, "device": device, "seeds": seeds, **train_override}
+    if epochs is not None:
+        train_kw["max_epochs"] = epochs
+    if quick:
+        train_kw["max_epochs"] = min(train_kw["max_epochs"], 3)
+    cfg = TrainConfig.from_dict(train_kw)
+    counts = frame["split"].value_counts()
+    log.info("%s: %d train / %d valid / %d test", name, counts.get("train", 0), counts.get("valid", 0),
+             counts.get("test", 0))
+
+    started = time.perf_counter()
+    paths = []
+    for seed in range(seeds):
+        result = train_model(frame, META, model_cfg, cfg, seed=seed, checkpoint_path=out_dir / name / f"seed{seed}.pt",
+                             log_every=5)
+        log.info("%s seed %d: best epoch %d, valid Spearman %.4f, %.0f s", name, seed, result.best_epoch,
+                 result.best_valid["spearman"], result.seconds)
+        paths.append(result.checkpoint_path)
+    test = evaluate_ensemble(paths, frame, META, split="test")
+    valid = evaluate_ensemble(paths, frame, META, split="valid")
+    lyra_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    fit = frame[frame["split"].isin(["train", "valid"])]
+    held_out = frame[frame["split"] == "test"]
+    ridge_pred = ridge_fit_predict(fit["sequence"].tolist(), fit["target"].to_numpy(), held_out["sequence"].tolist())
+    ridge = spearman(held_out["target"].to_numpy(), ridge_pred)
+    ridge_seconds = time.perf_counter() - started
+
+    return {
+        "split": name, "n_train": int(counts.get("train", 0)), "n_valid": int(counts.get("valid", 0)),
+        "n_test": int(counts.get("test", 0)), "seeds": seeds,
+        "test_spearman": test["ensemble"]["spearman"], "valid_spearman": valid["ensemble"]["spearman"],
+        "test_per_seed": [s["spearman"] for s in test["per_seed"]],
+        "best_epochs": [s["best_epoch"] for s in test["per_seed"]],
+        "test": test["ensemble"], "ridge_test_spearman": ridge,
+        "lyra_seconds": lyra_seconds, "ridge_seconds": ridge_seconds,
+        "model": model_cfg, "train": cfg.to_dict(),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| split | n_train | Lyra test Spearman (ensemble) | per seed | valid Spearman | ridge test Spearman | "
+             "Lyra wall time |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        per_seed = " / ".join(f"{s:.3f}" for s in r["test_per_seed"])
+        lines.append(f"| {r['split']} | {r['n_train']:,} | **{r['test_spearman']:.3f}** ({r['seeds']} seeds) | "
+                     f"{per_seed} | {r['valid_spearman']:.3f} | {r['ridge_test_spearman']:.3f} | "
+                     f"{r['lyra_seconds'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--splits", nargs="+", default=list(ALL_SPLITS), choices=ALL_SPLITS)
+    p.add_argument("--seeds", type=int, default=3, help="ensemble size (default 3)")
+    p.add_argument("--epochs", type=int, default=None, help="max epochs (default: per split, see SETTINGS)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, at most 3 epochs")
+    p.add_argument("--model", type=json.loads, default={}, help="JSON overrides of the model config")
+    p.add_argument("--train", type=json.loads, default={}, help="JSON overrides of the train config")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: small models on a shared CPU run faster on one)")
+    p.add_argument("--out", type=Path, default=Path("/tmp/lyra-accuracy"), help="checkpoint folder")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(args.threads)
+    seeds = 1 if args.quick else args.seeds
+    rows = []
+    for name in args.splits:
+        rows.append(run_split(name, seeds, args.out, args.epochs, args.model, args.train, args.quick, args.device))
+        print(markdown(rows[-1:]), flush=True)
+        if args.json is not None:
+            from lyra.io import write_json
+
+            write_json(args.json, rows)
+    print()
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""lyra.metrics against scipy / scikit-learn (a test-only dependency) and hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lyra import metrics as M
+
+
+@pytest.fixture
+def reg():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=500)
+    pred = y + rng.normal(scale=0.8, size=500)
+    pred[:50] = np.round(pred[:50])  # ties in the predictions
+    return y, pred
+
+
+def test_correlations_match_scipy(reg):
+    y, pred = reg
+    assert M.spearman(y, pred) == pytest.approx(stats.spearmanr(y, pred).statistic, abs=1e-12)
+    assert M.pearson(y, pred) == pytest.approx(stats.pearsonr(y, pred).statistic, abs=1e-12)
+    assert M.mse(y, pred) == pytest.approx(np.mean((y - pred) ** 2))
+    assert M.spearman(y, y) == pytest.approx(1.0)
+    assert M.spearman(y, -y) == pytest.approx(-1.0)
+
+
+def test_undefined_correlation_is_nan():
+    assert math.isnan(M.spearman([1, 2, 3], [5, 5, 5]))
+    assert math.isnan(M.pearson([1.0], [2.0]))
+
+
+def test_ndcg_by_hand():
+    y = np.array([3.0, 1.0, 2.0, 0.0])  # relevance = y - min = y
+    pred = np.array([0.1, 0.9, 0.5, 0.0])  # ranks items 1, 2, 0, 3
+    dcg = 1 / np.log2(2) + 2 / np.log2(3) + 3 / np.log2(4) + 0
+    ideal = 3 / np.log2(2) + 2 / np.log2(3) + 1 / np.log2(4)
+    assert M.ndcg(y, pred) == pytest.approx(dcg / ideal)
+    assert M.ndcg(y, y) == pytest.approx(1.0)
+    assert M.ndcg_at_k(y, pred, 1) == pytest.approx(1 / 3)  # top item has relevance 1 of the best 3
+    assert M.ndcg(y - 10, pred) == pytest.approx(M.ndcg(y, pred))  # min-shifted: offsets do not matter
+
+
+def test_ndcg_matches_sklearn(reg):
+    metrics = pytest.importorskip("sklearn.metrics")
+    y, pred = reg
+    pred = pred + np.arange(pred.size) * 1e-9  # sklearn averages over tied predictions; avoid ties
+    rel = y - y.min()
+    assert M.ndcg(y, pred) == pytest.approx(metrics.ndcg_score(rel[None], pred[None]), rel=1e-9)
+    assert M.ndcg_at_k(y, pred, 20) == pytest.approx(metrics.ndcg_score(rel[None], pred[None], k=20), rel=1e-9)
+
+
+def test_classification_matches_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    # binary
+    y = rng.integers(0, 2, 300)
+    p1 = np.clip(0.3 * y + rng.uniform(size=300) * 0.7, 0, 1)
+    p1[:30] = 0.5  # ties
+    probs = np.stack([1 - p1, p1], 1)
+    assert M.auroc(y, probs) == pytest.approx(metrics.roc_auc_score(y, p1), abs=1e-12)
+    assert M.auroc(y, p1) == pytest.approx(metrics.roc_auc_score(y, p1), abs=1e-12)
+    assert M.accuracy(y, probs) == pytest.approx(metrics.accuracy_score(y, probs.argmax(1)))
+    assert M.mcc(y, probs) == pytest.approx(metrics.matthews_corrcoef(y, probs.argmax(1)), abs=1e-12)
+    # three classes, one-vs-rest macro AUROC
+    y3 = rng.integers(0, 3, 400)
+    logits = rng.normal(size=(400, 3)) + 1.5 * np.eye(3)[y3]
+    p3 = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert M.auroc(y3, p3) == pytest.approx(metrics.roc_auc_score(y3, p3, multi_class="ovr"), abs=1e-12)
+    assert M.mcc(y3, p3) == pytest.approx(metrics.matthews_corrcoef(y3, p3.argmax(1)), abs=1e-12)
+    assert M.accuracy(y3, p3) == pytest.approx(np.mean(p3.argmax(1) == y3))
+
+
+def test_degenerate_classification():
+    assert math.isnan(M.auroc([1, 1, 1], [0.2, 0.5, 0.9]))  # one class only
+    assert M.mcc([0, 1, 0], [0, 0, 0], n_classes=2) == 0.0  # constant prediction: sklearn's 0
+
+
+def test_regression_metrics_drop_missing_targets():
+    y = np.array([1.0, np.nan, 3.0, 2.0])
+    p = np.array([1.0, 100.0, 3.0, 2.0])
+    out = M.regression_metrics(y, p)
+    assert out["mse"] == 0.0 and out["spearman"] == pytest.approx(1.0)
+    assert M.higher_is_better("spearman") and not M.higher_is_better("mse")

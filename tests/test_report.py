@@ -1,0 +1,283 @@
+"""The campaign report: every figure is written as a real PNG, and the epistasis map holds
+f(ij) - f(i) - f(j) + f(wt) computed from the ensemble."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from lyra import report as R  # noqa: E402
+from lyra.train import TrainConfig, load_checkpoint, predict_sequences, train_model  # noqa: E402
+from lyra.variants import Mutation, apply_mutations, format_mutations  # noqa: E402
+
+WT = "MKTAYIAKQRQISFVKSHFS"  # 20 residues, numbered from 1
+SITES = {3: "AV", 5: "FW", 8: "RE", 11: "GP", 14: "LD"}  # position -> mutant residues
+TINY_MODEL = {"d_model": 8, "d_state": 4, "pgc_expansions": [0.5], "n_s4d": 1, "dropout": 0.0}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _mutations() -> list[Mutation]:
+    return [Mutation(WT[p - 1], p, mt) for p, mts in SITES.items() for mt in mts]
+
+
+def _dataset(path: Path) -> None:
+    """Singles and doubles of the sites, an additive landscape plus one interaction, seeded splits."""
+    rng = np.random.default_rng(0)
+    singles = _mutations()
+    effect = {m: float(rng.normal()) for m in singles}
+    variants = [[]] + [[m] for m in singles] + [[a, b] for a, b in combinations(singles, 2) if a.position != b.position]
+    rows = []
+    for muts in variants:
+        y = sum(effect[m] for m in muts) + (1.5 if {m.position for m in muts} == {3, 5} else 0.0)
+        text = format_mutations(muts)
+        rows.append({"variant_id": text or "WT", "sequence": apply_mutations(WT, muts), "mutations": text,
+                     "n_mutations": len(muts), "fitness": y + 0.05 * float(rng.normal()), "n_replicates": 1})
+    frame = pd.DataFrame(rows)
+    split = np.array(["train"] * len(frame), dtype=object)
+    order = rng.permutation(len(frame))
+    split[order[:12]] = "valid"
+    split[order[12:24]] = "test"
+    frame["split"] = split
+    frame["fold"] = -1
+    meta = {"alphabet": "protein", "wild_type": WT, "first_position": 1, "targets": ["fitness"],
+            "task": "regression", "classes": None}
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"lyra": json.dumps(meta).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def _tuning(root: Path) -> None:
+    """A 3-trial study on a JournalStorage, written like `lyra tune-collect` writes it."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from lyra.tune import trials_table
+
+    journal = root / "tune" / "journal.log"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.create_study(storage=storage, study_name="demo-abc", direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: 1.0 - (t.suggest_float("lr", 1e-4, 1e-2, log=True) - 3e-3) ** 2
+                   + 0.01 * t.suggest_int("d_state", 4, 16), n_trials=3)
+    trials_table(study).to_csv(root / "tune" / "trials.tsv", sep="\t", index=False, na_rep="")
+    best = {"tuned": True, "metric": "spearman", "direction": "maximize", "best_value": study.best_value,
+            "best_trial": study.best_trial.number, "best_params": study.best_params, "study_name": "demo-abc"}
+    (root / "tune" / "best.json").write_text(json.dumps(best))
+
+
+def _library(root: Path, models: list[Path]) -> None:
+    """Every double mutant, scored by the ensemble; the picks are the top 15 by mean + std."""
+    singles = _mutations()
+    doubles = [[a, b] for a, b in combinations(singles, 2) if a.position != b.position]
+    seqs = [apply_mutations(WT, d) for d in doubles]
+    preds = np.stack([predict_sequences(*load_checkpoint(p), seqs)[:, 0] for p in models])  # (K, n)
+    scores = pd.DataFrame({"variant_id": [format_mutations(d) for d in doubles],
+                           "mutations": [format_mutations(d) for d in doubles], "n_mutations": 2,
+                           "score_0": preds[0], "score_1": preds[1], "mean": preds.mean(0), "std": preds.std(0)})
+    scores["sequence"] = seqs
+    (root / "library").mkdir(parents=True, exist_ok=True)
+    scores.drop(columns="sequence").to_parquet(root / "library" / "scores.parquet", index=False)
+    scores["acquisition"] = scores["mean"] + scores["std"]
+    picks = scores.sort_values("acquisition", ascending=False, kind="stable").head(15).reset_index(drop=True)
+    picks.insert(0, "rank", np.arange(1, len(picks) + 1))
+    picks["reason"] = "ucb"
+    picks[["rank", "variant_id", "mutations", "sequence", "n_mutations", "mean", "std", "acquisition", "reason"]] \
+        .to_csv(root / "ranking.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("results") / "demo"
+    _dataset(root / "data" / "dataset.parquet")
+    ds = pq.read_table(root / "data" / "dataset.parquet")
+    frame, meta = ds.to_pandas(), json.loads(ds.schema.metadata[b"lyra"])
+    cfg = TrainConfig(seeds=2, max_epochs=2, patience=0, device="cpu", batch_size=16, amp=False)
+    models = []
+    for k in range(2):
+        path = root / "models" / f"seed{k}.pt"
+        train_model(frame, meta, TINY_MODEL, cfg, seed=k, checkpoint_path=path)
+        models.append(path)
+    from lyra.train import write_metrics
+
+    write_metrics(root / "models" / "metrics.json", models, frame, meta)
+    _tuning(root)
+    _library(root, models)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report_dir(campaign) -> Path:
+    out = campaign / "report"
+    R.make_report(campaign, out, {"report": {"epistasis_positions": 4}})
+    return out
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_every_figure_is_a_png(report_dir):
+    for name in R.FIGURES.values():
+        w, h = _png_size(report_dir / name)
+        assert w >= 400 and h >= 200, f"{name}: {w}x{h}"
+    # real figures, not the 'not available' panel (840x312 at 120 dpi)
+    for name in R.FIGURES.values():
+        assert _png_size(report_dir / name) != (840, 312), f"{name} says 'not available'"
+
+
+def test_tables(report_dir, campaign):
+    md = (report_dir / "top_n.md").read_text().splitlines()
+    ranking = pd.read_csv(campaign / "ranking.csv")
+    assert len(md) == 2 + len(ranking)
+    assert md[0].startswith("| rank | variant_id | mutations |") and "sequence" not in md[0]
+    assert ranking["mutations"][0] in md[2]
+
+
+def test_epistasis_is_f_ij_minus_singles_plus_wt(report_dir, campaign):
+    table = pd.read_csv(report_dir / "epistasis.tsv", sep="\t")
+    ranking = pd.read_csv(campaign / "ranking.csv")
+    positions = R.top_positions(ranking["mutations"].tolist(), 4)
+    assert len(positions) == 4 and set(table["position_i"]) | set(table["position_j"]) <= set(positions)
+    assert (table["position_i"] < table["position_j"]).all()
+    # one pair, by hand: each sequence predicted on its own by each checkpoint, then averaged
+    row = table.iloc[int(table["epsilon"].abs().argmax())]
+    members = [load_checkpoint(p) for p in sorted((campaign / "models").glob("seed*.pt"))]
+
+    def f(muts):
+        seq = apply_mutations(WT, muts)
+        return float(np.mean([predict_sequences(m, info, [seq])[0, 0] for m, info in members]))
+
+    a = Mutation(row.mutation_i[0], int(row.mutation_i[1:-1]), row.mutation_i[-1])
+    b = Mutation(row.mutation_j[0], int(row.mutation_j[1:-1]), row.mutation_j[-1])
+    expected = f([a, b]) - f([a]) - f([b]) + f([])
+    assert abs(expected) > 1e-4  # the tiny model is not additive, so this checks a real value
+    assert row.epsilon == pytest.approx(expected, abs=3e-6)  # float32 predictions
+    assert row.f_wt == pytest.approx(f([]), abs=1e-6)
+
+
+def test_predicted_epistasis_exact():
+    """With an additive f plus one interaction term, epsilon is exactly that term."""
+    muts = [Mutation("K", 2, "A"), Mutation("T", 3, "V"), Mutation("T", 3, "W"), Mutation("A", 4, "G")]
+
+    def f(seqs):
+        out = []
+        for s in seqs:
+            v = 1.0 + 0.5 * (s[1] == "A") - 0.25 * (s[2] == "V") + 2.0 * (s[2] == "W") + 0.1 * (s[3] == "G")
+            out.append(v + (3.0 if s[1] == "A" and s[3] == "G" else 0.0))
+        return np.array(out)
+
+    table = R.predicted_epistasis(f, "MKTAY", muts, first_position=1)
+    assert len(table) == 5  # 6 pairs minus the one at the same position (T3V, T3W)
+    eps = dict(zip(zip(table.mutation_i, table.mutation_j), table.epsilon))
+    assert eps[("K2A", "A4G")] == pytest.approx(3.0)
+    assert eps[("K2A", "T3V")] == pytest.approx(0.0)
+    assert eps[("T3W", "A4G")] == pytest.approx(0.0)
+
+
+def test_top_positions_and_mutations():
+    picks = ["A3V:F5W", "A3V:R8E", "A3L:F5W", "R8E:L14D", "A3V"]
+    assert R.top_positions(picks, 2) == [3, 5]  # 3 (x4), then 5 and 8 tie (x2): the lower wins
+    chosen = R.pick_mutations(picks, [3, 5], max_per_position=1)
+    assert [str(m) for m in chosen] == ["A3V", "F5W"]
+
+
+def test_report_is_deterministic(campaign, report_dir, tmp_path):
+    out = tmp_path / "again"
+    R.make_report(campaign, out, {"report": {"epistasis_positions": 4}})
+    for name in [*R.FIGURES.values(), *R.TABLES.values()]:
+        assert (out / name).read_bytes() == (report_dir / name).read_bytes(), name
+
+
+def test_missing_inputs_give_placeholder_figures(tmp_path, campaign):
+    root = tmp_path / "partial"
+    shutil.copytree(campaign / "data", root / "data")
+    paths = R.make_report(root, root / "report", {})
+    assert {p.name for p in paths} >= set(R.FIGURES.values())
+    for name in R.FIGURES.values():
+        assert _png_size(root / "report" / name) == (840, 312), name
+
+
+def test_importances_need_varying_params(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = tmp_path / "journal.log"
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(journal))), study_name="s")
+    study.optimize(lambda t: 0.5, n_trials=1)
+    imp, why = R.param_importances(journal, "s")
+    assert imp is None and "at least 2 completed trials" in why
+
+
+def test_cli(campaign, tmp_path):
+    cfg = tmp_path / "report.yaml"
+    cfg.write_text("campaign: demo\nseed: 0\nreport: {epistasis_positions: 3}\n_base_dir: /tmp\n")
+    rc = R.main(["--campaign-dir", str(campaign), "--config", str(cfg), "--out-dir", str(tmp_path / "rep"),
+                 "--manifest", str(tmp_path / "manifest.json")])
+    assert rc == 0
+    table = pd.read_csv(tmp_path / "rep" / "epistasis.tsv", sep="\t")
+    assert len(set(table["position_i"]) | set(table["position_j"])) == 3
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["config"]["report"] == {"epistasis_positions": 3}
+    assert any(r["role"] == "config" and r["path"] == str(cfg) for r in manifest["inputs"])
+
+
+def test_cli_rejects_unknown_report_key(campaign, tmp_path, capsys):
+    cfg = tmp_path / "report.yaml"
+    cfg.write_text("campaign: demo\nreport: {epistasis_position: 3}\n_base_dir: /tmp\n")
+    rc = R.main(["--campaign-dir", str(campaign), "--config", str(cfg), "--out-dir", str(tmp_path / "rep")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: report.epistasis_position: unknown key") and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_snakemake_rule_and_html_report(campaign, tmp_path):
+    """rules/report.smk runs under Snakemake and `snakemake --report` collects every figure with its caption."""
+    import subprocess
+    import sys
+
+    if shutil.which("snakemake") is None:
+        pytest.skip("snakemake is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "results" / "demo"
+    shutil.copytree(campaign, root, ignore=shutil.ignore_patterns("report", "manifest.json"))
+    for stage in ("preprocess", "tune", "train", "score", "rank", "report"):
+        (root / "config").mkdir(exist_ok=True)
+        (root / "config" / f"{stage}.yaml").write_text(f"campaign: demo\nseed: 0\n_base_dir: {tmp_path}\n")
+    (tmp_path / "campaign.yaml").write_text("campaign: demo\n")
+    (tmp_path / "Snakefile").write_text(
+        'configfile: "campaign.yaml"\n'
+        'RESULTS = "results/demo"\nSEEDS = [0, 1]\n'
+        'def res(p): return f"{RESULTS}/{p}"\n'
+        'def stage_cfg(s): return res(f"config/{s}.yaml")\n'
+        f'include: "{repo / "rules" / "report.smk"}"\n'
+        'rule all:\n    input: rules.report.output\n    default_target: True\n'
+    )
+    smk = [sys.executable, "-m", "snakemake", "--cores", "1", "--snakefile", str(tmp_path / "Snakefile")]
+    run = subprocess.run(smk, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    log = root / "logs" / "report.log"
+    assert run.returncode == 0, run.stderr[-3000:] + (log.read_text()[-2000:] if log.exists() else "")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert any(r["path"] == str(tmp_path / "campaign.yaml") for r in manifest["inputs"])
+    run = subprocess.run([*smk, "--report", str(tmp_path / "report.html")], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    for name in R.FIGURES.values():
+        assert name in html, name
+    assert "Learning curves of each ensemble member" in html and "epsilon = f(ij) - f(i) - f(j) + f(wt)" in html

@@ -1,0 +1,371 @@
+"""Training loop: determinism, validation-only selection, early stopping, resume (with a real SIGKILL),
+checkpoints, target transforms, classification, padding, device fallback, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lyra import metrics as M
+from lyra.errors import ConfigError, DataError, LyraError
+from lyra.model import Lyra
+from lyra.train import (
+    TrainConfig,
+    apply_transform,
+    evaluate_ensemble,
+    fit_target_transform,
+    invert_transform,
+    load_checkpoint,
+    predict_sequences,
+    resolve_device,
+    train_model,
+    write_metrics,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+LETTERS = "ACDEFGHIKL"
+TINY = {"d_model": 8, "d_state": 4, "pgc_expansions": [0.5, 1.0], "n_s4d": 1, "dropout": 0.1}
+META = {"alphabet": "protein", "targets": ["fitness"], "task": "regression", "classes": None, "wild_type": None}
+
+
+def make_frame(n: int = 180, length: int | tuple[int, int] = 10, seed: int = 0) -> pd.DataFrame:
+    """Random sequences whose fitness counts good and bad letters, plus an epistatic pair and noise;
+    2/3 train, 1/6 valid, 1/6 test."""
+    rng = np.random.default_rng(seed)
+    w = np.array([1.0, -1.0, 0.5, 0, 0, 0, 0, 0, -0.5, 0])  # per letter of LETTERS
+    seqs, ys = [], []
+    for _ in range(n):
+        L = length if isinstance(length, int) else int(rng.integers(length[0], length[1] + 1))
+        idx = rng.integers(0, len(LETTERS), L)
+        seqs.append("".join(LETTERS[i] for i in idx))
+        ys.append(w[idx].sum() + 1.0 * (idx[0] == idx[1]) + rng.normal(scale=0.3))
+    split = np.array(["train"] * (n * 2 // 3) + ["valid"] * (n // 6) + ["test"] * (n - n * 2 // 3 - n // 6))
+    return pd.DataFrame({
+        "variant_id": [f"seq{i}" for i in range(n)], "sequence": seqs, "mutations": None,
+        "n_mutations": None, "fitness": ys, "n_replicates": 1, "split": split, "fold": -1,
+    })
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(seeds=1, max_epochs=4, patience=100, device="cpu", batch_size=16, lr=5e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class CountTrainingSteps:
+    """Counts forward passes in training mode (to tell a resumed run from one that started over)."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        original = Lyra.forward
+
+        def forward(model, x, mask=None):
+            self.n += model.training
+            return original(model, x, mask)
+
+        monkeypatch.setattr(Lyra, "forward", forward)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: thread synchronisation costs more than it saves, badly so on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return make_frame()
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_config_rejects_unknown_and_bad_keys():
+    with pytest.raises(ConfigError, match=r"train\.bogus"):
+        TrainConfig.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match=r"train\.loss"):
+        TrainConfig(loss="l1")
+    with pytest.raises(ConfigError, match=r"train\.selection_metric"):
+        TrainConfig(selection_metric="r2")
+    assert TrainConfig.from_dict({"lr": 0.01}).lr == 0.01
+
+
+def test_deterministic_same_seed(frame, tmp_path):
+    a = train_model(frame, META, TINY, cfg(), seed=3, checkpoint_path=tmp_path / "a.pt")
+    b = train_model(frame, META, TINY, cfg(), seed=3, checkpoint_path=tmp_path / "b.pt")
+    assert same_weights(weights(a.checkpoint_path), weights(b.checkpoint_path))
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(a.history) == strip(b.history)
+    assert a.best_valid == b.best_valid
+    c = train_model(frame, META, TINY, cfg(), seed=4, checkpoint_path=tmp_path / "c.pt")
+    assert not same_weights(weights(a.checkpoint_path), weights(c.checkpoint_path))
+    assert strip(a.history) != strip(c.history)
+
+
+def test_selects_best_validation_epoch_with_a_deep_copy(frame, tmp_path):
+    # no schedule and a high learning rate: validation Spearman peaks before the last epoch
+    r = train_model(frame, META, TINY, cfg(max_epochs=10, scheduler="none", lr=0.05), seed=0,
+                    checkpoint_path=tmp_path / "m.pt")
+    valid = [row["valid_spearman"] for row in r.history]
+    assert r.best_epoch == 1 + int(np.argmax(valid))
+    assert r.best_epoch < len(r.history) and valid[-1] < valid[r.best_epoch - 1]
+    assert r.best_valid["spearman"] == valid[r.best_epoch - 1]
+    # the saved weights reproduce the best epoch's validation metrics, not the last epoch's
+    ev = evaluate_ensemble([r.checkpoint_path], frame, META, split="valid")["ensemble"]
+    assert ev["spearman"] == pytest.approx(valid[r.best_epoch - 1], abs=1e-9)
+    assert ev["mse"] == pytest.approx(r.history[r.best_epoch - 1]["valid_mse"], rel=1e-6)
+    assert torch.load(r.checkpoint_path, weights_only=True)["best_epoch"] == r.best_epoch
+
+
+def test_test_split_never_influences_training(frame, tmp_path):
+    scrambled = frame.copy()
+    test = scrambled["split"] == "test"
+    scrambled.loc[test, "fitness"] = np.random.default_rng(9).normal(size=test.sum()) * 100
+    scrambled.loc[test, "sequence"] = "A" * 10
+    a = train_model(frame, META, TINY, cfg(max_epochs=3), seed=0, checkpoint_path=tmp_path / "a.pt")
+    b = train_model(scrambled, META, TINY, cfg(max_epochs=3), seed=0, checkpoint_path=tmp_path / "b.pt")
+    assert same_weights(weights(a.checkpoint_path), weights(b.checkpoint_path))
+    assert a.best_epoch == b.best_epoch
+
+
+def test_early_stopping(frame, tmp_path):
+    r = train_model(frame, META, TINY, cfg(max_epochs=60, patience=2, scheduler="none", lr=0.05), seed=0,
+                    checkpoint_path=tmp_path / "m.pt")
+    assert r.stopped_early
+    assert len(r.history) == r.best_epoch + 2 < 60
+
+
+def test_needs_validation_rows(frame, tmp_path):
+    no_valid = frame[frame["split"] != "valid"]
+    with pytest.raises(DataError, match="validation"):
+        train_model(no_valid, META, TINY, cfg(), seed=0, checkpoint_path=tmp_path / "m.pt")
+
+
+def test_resume_after_interruption_is_bit_identical(frame, tmp_path, monkeypatch):
+    full = train_model(frame, META, TINY, cfg(max_epochs=5), seed=1, checkpoint_path=tmp_path / "full.pt")
+
+    def interrupt(epoch, value):
+        if epoch == 3:
+            raise KeyboardInterrupt  # the job dies after epoch 3 was saved
+
+    resume = tmp_path / "seed1.resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(frame, META, TINY, cfg(max_epochs=5), seed=1, checkpoint_path=tmp_path / "m.pt",
+                    resume_path=resume, report=interrupt)
+    assert resume.exists() and not (tmp_path / "m.pt").exists()
+    steps = CountTrainingSteps(monkeypatch)
+    again = train_model(frame, META, TINY, cfg(max_epochs=5), seed=1, checkpoint_path=tmp_path / "m.pt",
+                        resume_path=resume)
+    assert steps.n == 2 * 8  # only epochs 4 and 5 ran (120 training rows / batch 16 = 8 steps)
+    assert same_weights(weights(full.checkpoint_path), weights(again.checkpoint_path))
+    assert [h["valid_spearman"] for h in again.history] == [h["valid_spearman"] for h in full.history]
+    assert not resume.exists()
+
+
+def test_resume_state_from_another_config_is_ignored(frame, tmp_path, monkeypatch):
+    resume = tmp_path / "r.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(frame, META, TINY, cfg(max_epochs=3), seed=0, checkpoint_path=tmp_path / "m.pt",
+                    resume_path=resume, report=lambda e, v: (_ for _ in ()).throw(KeyboardInterrupt))
+    steps = CountTrainingSteps(monkeypatch)
+    train_model(frame, META, TINY, cfg(max_epochs=3, lr=1e-2), seed=0, checkpoint_path=tmp_path / "m.pt",
+                resume_path=resume)
+    assert steps.n == 3 * 8  # started over
+
+
+KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys, json
+    import pandas as pd
+    import torch
+    from lyra.model import Lyra
+    from lyra.train import TrainConfig, train_model
+
+    frame_path, resume, ckpt, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    calls = 0
+    original = Lyra.forward
+
+    def forward(model, x, mask=None):
+        global calls
+        if model.training:
+            calls += 1
+            if calls == kill_at:  # mid-epoch, between two optimiser steps
+                os.kill(os.getpid(), signal.SIGKILL)
+        return original(model, x, mask)
+
+    Lyra.forward = forward
+    torch.set_num_threads(1)  # as in the test process: the uninterrupted run it is compared with
+    frame = pd.read_pickle(frame_path)
+    spec = json.loads(sys.argv[5])
+    train_model(frame, spec["meta"], spec["model"], TrainConfig(**spec["train"]), seed=2,
+                checkpoint_path=ckpt, resume_path=resume)
+""")
+
+
+def test_resume_after_sigkill_mid_epoch(frame, tmp_path, monkeypatch):
+    train_kw = dict(seeds=1, max_epochs=4, patience=100, device="cpu", batch_size=16, lr=5e-3)
+    frame.to_pickle(tmp_path / "frame.pkl")
+    resume, ckpt = tmp_path / "seed2.resume.pt", tmp_path / "seed2.pt"
+    spec = json.dumps({"meta": META, "model": TINY, "train": train_kw})
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "frame.pkl"), str(resume), str(ckpt),
+                           str(2 * 8 + 5), spec], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert resume.exists() and not ckpt.exists()
+    assert torch.load(resume, weights_only=True)["progress"]["epoch"] == 2
+
+    steps = CountTrainingSteps(monkeypatch)
+    resumed = train_model(frame, META, TINY, TrainConfig(**train_kw), seed=2, checkpoint_path=ckpt,
+                          resume_path=resume)
+    assert steps.n == 2 * 8  # epochs 3 and 4 only
+    monkeypatch.undo()
+    full = train_model(frame, META, TINY, TrainConfig(**train_kw), seed=2, checkpoint_path=tmp_path / "full.pt")
+    assert same_weights(weights(resumed.checkpoint_path), weights(full.checkpoint_path))
+    assert not resume.exists()
+
+
+def test_checkpoint_contents_and_loading(frame, tmp_path):
+    r = train_model(frame, META, TINY, cfg(max_epochs=2), seed=5, checkpoint_path=tmp_path / "m.pt")
+    ckpt = torch.load(r.checkpoint_path, weights_only=True)
+    for key in ("model_config", "state_dict", "alphabet", "targets", "task", "classes", "target_transform",
+                "seed", "best_epoch", "history", "train_config", "lyra_version"):
+        assert key in ckpt, key
+    assert ckpt["seed"] == 5 and ckpt["targets"] == ["fitness"] and ckpt["alphabet"] == "protein"
+    assert ckpt["model_config"]["d_input"] == 20 and ckpt["model_config"]["d_output"] == 1
+    model, info = load_checkpoint(r.checkpoint_path)
+    assert not model.training and info["best_epoch"] == r.best_epoch
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(LyraError) as e:
+        load_checkpoint(junk)
+    assert str(junk) in str(e.value) and "\n" not in str(e.value)
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(LyraError, match="missing"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+@pytest.mark.parametrize("kind", ["none", "standardize", "rank_gauss"])
+def test_target_transform_round_trip(kind):
+    rng = np.random.default_rng(0)
+    y = np.exp(rng.normal(size=(200, 2)))  # skewed, like fitness
+    y[5, 1] = np.nan
+    t = fit_target_transform(kind, y)
+    z = apply_transform(t, y)
+    assert np.allclose(invert_transform(t, z), y, equal_nan=True)
+    if kind == "none":
+        assert np.array_equal(z, y, equal_nan=True)
+        return
+    assert abs(np.nanmean(z[:, 0])) < 0.05 and abs(np.nanstd(z[:, 0]) - 1) < 0.1
+    # monotone beyond the training range: variants fitter than all training ones still rank apart
+    out = invert_transform(t, np.array([[10.0, 0.0], [20.0, 0.0]]))
+    assert out[1, 0] > out[0, 0] > np.nanmax(y[:, 0])
+
+
+def test_predictions_are_in_original_units(frame, tmp_path):
+    scaled = frame.assign(fitness=frame["fitness"] * 1000 + 5)
+    r = train_model(scaled, META, TINY, cfg(max_epochs=15, lr=1e-2), seed=0, checkpoint_path=tmp_path / "m.pt")
+    model, info = load_checkpoint(r.checkpoint_path)
+    test = scaled[scaled["split"] == "test"]
+    pred = predict_sequences(model, info, test["sequence"].tolist())[:, 0]
+    y = test["fitness"].to_numpy()
+    assert abs(pred.mean() - y.mean()) < 0.5 * y.std()
+    assert 0.1 * y.std() < pred.std() < 2 * y.std()  # in model units the spread would be ~1
+    assert M.spearman(y, pred) > 0.3  # it learned something
+    ev = evaluate_ensemble([r.checkpoint_path], scaled, META)["ensemble"]
+    assert ev["mse"] == pytest.approx(np.mean((pred - y) ** 2), rel=1e-9)
+
+
+def test_classification(tmp_path):
+    frame = make_frame(240)
+    counts = frame["sequence"].str.count("A") + frame["sequence"].str.count("C")
+    frame["label"] = np.select([counts <= 1, counts <= 2], ["low", "mid"], "high")
+    meta = {**META, "targets": ["label"], "task": "classification", "classes": ["low", "mid", "high"]}
+    paths = []
+    for seed in (0, 1):
+        r = train_model(frame, meta, TINY, cfg(max_epochs=8, lr=1e-2, class_weights="balanced"), seed=seed,
+                        checkpoint_path=tmp_path / f"s{seed}.pt")
+        assert {"valid_accuracy", "valid_auroc", "valid_mcc"} <= r.history[0].keys()
+        assert r.best_epoch == 1 + int(np.argmax([h["valid_accuracy"] for h in r.history]))
+        paths.append(r.checkpoint_path)
+    out = evaluate_ensemble(paths, frame, meta)
+    assert set(out["ensemble"]) == {"accuracy", "auroc", "mcc"} and len(out["per_seed"]) == 2
+    test = frame[frame["split"] == "test"]
+    y = test["label"].map({"low": 0, "mid": 1, "high": 2}).to_numpy()
+    probs = np.mean([predict_sequences(*load_checkpoint(p), test["sequence"].tolist()) for p in paths], axis=0)
+    assert np.allclose(probs.sum(1), 1.0)
+    assert out["ensemble"]["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == y))
+    assert out["ensemble"]["auroc"] == pytest.approx(M.auroc(y, probs))
+    assert out["ensemble"]["auroc"] > 0.6  # better than chance on an easy rule
+
+
+def test_variable_length_sequences_with_padding(tmp_path):
+    frame = make_frame(150, length=(5, 14), seed=1)
+    r = train_model(frame, META, {**TINY, "bidirectional": True}, cfg(max_epochs=2), seed=0,
+                    checkpoint_path=tmp_path / "m.pt")
+    model, info = load_checkpoint(r.checkpoint_path)
+    seqs = frame["sequence"].tolist()[:40]
+    together = predict_sequences(model, info, seqs)
+    alone = np.concatenate([predict_sequences(model, info, [s]) for s in seqs])
+    assert len(set(map(len, seqs))) > 3
+    assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_multiple_targets_with_missing_values(frame, tmp_path):
+    two = frame.assign(stability=-frame["fitness"] + np.random.default_rng(0).normal(size=len(frame)))
+    two.loc[two.index[::7], "stability"] = np.nan
+    meta = {**META, "targets": ["fitness", "stability"]}
+    r = train_model(two, meta, TINY, cfg(max_epochs=2), seed=0, checkpoint_path=tmp_path / "m.pt")
+    out = evaluate_ensemble([r.checkpoint_path], two, meta)
+    assert set(out["ensemble"]["per_target"]) == {"fitness", "stability"}
+    assert out["ensemble"]["spearman"] == out["ensemble"]["per_target"]["fitness"]["spearman"]
+    assert np.isfinite(out["ensemble"]["per_target"]["stability"]["spearman"])
+
+
+def test_cuda_request_without_gpu_falls_back_to_cpu(frame, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
+        assert resolve_device("cuda") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.warns(RuntimeWarning):
+        r = train_model(frame, META, TINY, cfg(max_epochs=1, device="cuda"), seed=0,
+                        checkpoint_path=tmp_path / "m.pt")
+    assert r.checkpoint_path.exists()
+    with pytest.raises(ConfigError, match="train.device"):
+        resolve_device("tpu")
+
+
+def test_write_metrics(frame, tmp_path):
+    paths = [train_model(frame, META, TINY, cfg(max_epochs=2), seed=s, checkpoint_path=tmp_path / f"s{s}.pt")
+             .checkpoint_path for s in (0, 1)]
+    write_metrics(tmp_path / "models" / "metrics.json", paths, frame, META, "cpu")
+    text = (tmp_path / "models" / "metrics.json").read_text()
+    out = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert {"test", "valid", "learning_curves"} <= out.keys()
+    assert set(out["test"]["ensemble"]) == {"spearman", "pearson", "mse", "ndcg"}
+    assert [s["seed"] for s in out["test"]["per_seed"]] == [0, 1]
+    assert set(out["learning_curves"]) == {"0", "1"} and len(out["learning_curves"]["0"]) == 2
+    assert out["test"]["n"] == (frame["split"] == "test").sum()
+    # the ensemble is the mean of the members' predictions
+    test = frame[frame["split"] == "test"]
+    pred = np.mean([predict_sequences(*load_checkpoint(p), test["sequence"].tolist()) for p in paths], axis=0)
+    assert out["test"]["ensemble"]["spearman"] == pytest.approx(M.spearman(test["fitness"], pred[:, 0]))
