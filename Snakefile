@@ -1,5 +1,7 @@
 # Lyra campaign workflow: preprocess -> tune -> train -> score -> rank -> report.
 #
+#   snakemake --report report.html                    # the HTML report of a finished campaign
+#
 #   snakemake --cores 2                               # the demo campaign (config/config.yaml)
 #   snakemake --cores 2 --configfile my_campaign.yaml # your campaign
 #   snakemake --profile slurm                         # the same, on a SLURM cluster
@@ -20,6 +22,7 @@ include: "rules/preprocess.smk"
 include: "rules/tune.smk"
 include: "rules/train.smk"
 include: "rules/score.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -28,4 +31,5 @@ rule all:
         res("models/metrics.json"),
         res("ranking.csv"),
         res("ranking.fasta"),
+        rules.report.output,
     default_target: True

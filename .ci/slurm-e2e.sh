@@ -117,14 +117,15 @@ log "SLURM jobs of run $RUN_ID:"; cat "$OUT/jobs.txt"
 # 4. compare
 t0=$SECONDS
 python - "$OUT" "results/$LOCAL" "results/$REMOTE" \
-  "{\"local\": ${SECS[local]}, \"cluster_up\": ${SECS[cluster_up]}, \"slurm\": ${SECS[slurm]}}" <<'PY'
+  "{\"local\": ${SECS[local]}, \"cluster_up\": ${SECS[cluster_up]}, \"slurm\": ${SECS[slurm]}, \"elapsed_before_compare\": $SECONDS}" <<'PY'
 """Is the SLURM run the local run? What must be equal, and how:
 
 - ranking.csv and ranking.fasta: byte for byte. They are what goes to the lab, and a CPU rerun of
   the same config must reproduce them exactly (issue 6); a job on a cluster node is such a rerun.
 - dataset.parquet: the same table (schema, every value, row order) and the same `lyra` metadata.
   Not the bytes: the file also holds writer details that are not part of the contract.
-- metrics.json and tune/best.json (the chosen parameters): the same keys and strings; numbers within
+- metrics.json and tune/best.json (the chosen parameters): the same keys and strings (the campaign
+  name, the one intended difference, replaced by <campaign> in paths and study names); numbers within
   1e-9 relative. The runs use the same seeds, code and thread count (OMP_NUM_THREADS = threads: 2 in
   both), so the floats should agree to the last bit; the tolerance only forgives the printing of a
   float, while a real difference (another seed, split or model) moves metrics at 1e-3 or more.
@@ -137,15 +138,18 @@ import json
 import math
 import re
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
 
+started = time.monotonic()
 out, local, remote, secs = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
 GPU_RULES = {"tune_worker", "train", "score_shard"}
 LOCAL_RULES = {"all", "stage_config"}
-VOLATILE = {"best_value", "best_trial", "wall_s", "seconds", "duration_s", "started", "finished", "host"}
+# Keys that measure the run, not its result: wall times, and the tuning trial's own score (see above).
+VOLATILE = {"best_value", "seconds", "wall_s", "duration_s", "started", "finished", "host"}
 problems, checks = [], {}
 
 
@@ -165,6 +169,8 @@ def same_numbers(a, b, where):
         if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
             raise AssertionError(f"{where}: {a!r} != {b!r}")
         return abs(a - b)
+    if isinstance(a, str) and isinstance(b, str):
+        a, b = (s.replace(local.name, "<campaign>").replace(remote.name, "<campaign>") for s in (a, b))
     if a != b:
         raise AssertionError(f"{where}: {a!r} != {b!r}")
     return 0.0
@@ -245,6 +251,7 @@ check("dataset.parquet", dataset)
 check("metrics.json", json_numbers("models/metrics.json"))
 check("best.json", json_numbers("tune/best.json"))
 check("models", models)
+secs["compare"] = round(time.monotonic() - started, 1)
 summary = {"ok": not problems, "problems": problems, "seconds": secs, "checks": checks}
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 for name, result in checks.items():

@@ -57,18 +57,20 @@ class Setting:
     train: dict = field(default_factory=dict)
 
 
-GB1_SETTING = Setting(
-    model={"d_model": 64, "d_state": 64, "n_s4d": 2, "bidirectional": True, "dropout": 0.1},
-    train={"max_epochs": 60, "patience": 20, "batch_size": 64, "lr": 2e-3, "target_transform": "rank_gauss"},
-)
-SETTINGS = {name: GB1_SETTING for name in GB1_SPLITS}
+# Chosen on validation Spearman (docs/benchmarks.md lists every setting tried, with valid and test).
+GB1_MODEL = {"d_model": 64, "d_state": 64, "n_s4d": 2, "bidirectional": True, "dropout": 0.1}
+GB1_TRAIN = {"max_epochs": 60, "patience": 20, "batch_size": 64, "lr": 2e-3, "target_transform": "standardize"}
+SETTINGS = {name: Setting(GB1_MODEL, GB1_TRAIN) for name in GB1_SPLITS}
+# low_vs_high: rank_gauss validated better (0.828 vs 0.815) and the model overfits after ~10-35 epochs
+SETTINGS["low_vs_high"] = Setting(GB1_MODEL, {**GB1_TRAIN, "max_epochs": 40, "patience": 15,
+                                              "target_transform": "rank_gauss"})
 SETTINGS["gfp_standard"] = Setting(
-    model={"d_model": 64, "d_state": 64, "n_s4d": 2, "bidirectional": True, "dropout": 0.1},
-    train={"max_epochs": 15, "patience": 5, "batch_size": 128, "lr": 2e-3, "target_transform": "standardize"},
+    {"d_model": 32, "d_state": 64, "n_s4d": 2, "bidirectional": True, "dropout": 0.1},
+    {"max_epochs": 8, "patience": 4, "batch_size": 128, "lr": 2e-3, "target_transform": "standardize"},
 )
 SETTINGS["cdr3"] = Setting(
-    model={"d_model": 64, "d_state": 64, "n_s4d": 2, "bidirectional": True, "dropout": 0.1},
-    train={"max_epochs": 20, "patience": 6, "batch_size": 128, "lr": 2e-3, "target_transform": "standardize"},
+    {"d_model": 64, "d_state": 64, "n_s4d": 2, "bidirectional": True, "dropout": 0.1},
+    {"max_epochs": 20, "patience": 6, "batch_size": 128, "lr": 2e-3, "target_transform": "standardize"},
 )
 
 

@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True)
     p.add_argument("--csv", required=True)
     p.add_argument("--fasta", required=True)
+    sub.add_parser("report", help="figures (report/*.png) and manifest.json; see `lyra report --help`", add_help=False)
     return parser
 
 
@@ -94,7 +95,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     config = load_config(args.config, parse_overrides(args.set))
     cmd = args.command
     if cmd == "run":
-        root = pipeline.run_campaign(config, args.results)
+        root = pipeline.run_campaign(config, args.results, config_files=(args.config,))
         print(f"campaign finished: {root}")
     elif cmd == "check-config":
         from lyra.config import dump
@@ -123,6 +124,11 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:  # takes the per-stage configs of a finished campaign: its own parser
+        from lyra import report
+
+        return report.main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,

@@ -61,6 +61,8 @@ def resolve_config(raw: Mapping[str, Any], base_dir: str | os.PathLike = ".", so
     """Defaults filled in, schema-validated, relative data paths made absolute against `base_dir`."""
     schema = load_schema()
     config = copy.deepcopy(dict(raw))
+    # A stage config written by the workflow carries the directory its paths were resolved against.
+    base_dir = config.pop("_base_dir", base_dir)
     _check_unknown_keys(config, schema, source, prefix="")
     _fill_defaults(config, schema)
     validator = jsonschema.Draft202012Validator(schema)

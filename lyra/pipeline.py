@@ -181,7 +181,7 @@ def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: 
     return Path(csv)
 
 
-def run_campaign(config: Mapping[str, Any], results: str | Path = "results", stages: tuple[str, ...] | None = None) -> Path:
+def run_campaign(config: Mapping[str, Any], results: str | Path = "results", config_files: tuple[str, ...] = ()) -> Path:
     """All stages in one process (no Snakemake): same files as the workflow, reused when present."""
     root = Path(results) / config["campaign"] if results else campaign_dir(config)
     timings: dict[str, float] = {}
@@ -217,8 +217,14 @@ def run_campaign(config: Mapping[str, Any], results: str | Path = "results", sta
     scores = root / "library" / "scores.parquet"
     stage("gather", lambda: gather([str(s) for s in shards], scores), scores)
     stage("rank", lambda: rank(config, scores, root / "ranking.csv", root / "ranking.fasta"), root / "ranking.csv")
+
+    from lyra.manifest import write_manifest
+    from lyra.report import make_report
+
+    stage("report", lambda: make_report(root, root / "report", config), root / "report" / "epistasis.png")
     if timings:
         log.info("stage wall times (s): %s", timings)
+    write_manifest(root, config, root / "manifest.json", stage_times=timings, config_files=config_files)
     return root
 
 

@@ -90,8 +90,11 @@ def _short(text: Any, width: int = 36) -> str:
 
 
 def _fmt(x: Any) -> str:
+    """Table cells: floats with 3 decimals (aligned in a column), tiny or huge ones in 3 significant digits."""
     if isinstance(x, (float, np.floating)):
-        return "" if math.isnan(x) else f"{x:.4g}"
+        if math.isnan(x):
+            return ""
+        return f"{x:.3f}" if x == 0 or 1e-3 <= abs(x) < 1e6 else f"{x:.3g}"
     return _short(x)
 
 
@@ -328,7 +331,7 @@ def plot_library_scores(summary: ScoreSummary, picks: pd.DataFrame, out: str | P
     log_y = " (log scale)" if ax.get_yscale() == "log" else ""
     ax.set(xlabel=f"predicted {target} (ensemble mean)", ylabel="variants" + log_y,
            title="Library score distribution")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)
 
     ax2.scatter(summary.sample_mean, summary.sample_std, s=4, color="0.6", alpha=0.4, edgecolor="none",
@@ -354,7 +357,8 @@ def write_top_markdown(ranking: pd.DataFrame, out: str | Path) -> Path:
     table = top_table(ranking)
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
+        cells = (_fmt(v) if isinstance(v, (float, np.floating)) else ("" if v is None else str(v)) for v in row)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     write_text(out, "\n".join(lines) + "\n")
     return Path(out)
 
@@ -672,7 +676,7 @@ def make_report(campaign_dir: str | Path, out_dir: str | Path, config: Mapping[s
     ranking = pd.read_csv(root / "ranking.csv", keep_default_na=False, na_values=[""]) \
         if (root / "ranking.csv").exists() else None
     wild_type = meta.get("wild_type")
-    first = int(meta.get("first_position") or 1)
+    first = 1 if meta.get("first_position") is None else int(meta["first_position"])  # 0 is a numbering too
     regression = meta.get("task", "regression") == "regression"
     f_wt = None
     if ensemble is not None and wild_type and regression:

@@ -19,8 +19,7 @@ rule report:
         metrics=res("models/metrics.json"),
         models=expand(res("models/seed{seed}.pt"), seed=SEEDS),
         best=res("tune/best.json"),
-        # written by tune-collect only when tuning ran (the figures then say tuning was disabled)
-        trials=res("tune/trials.tsv") if config.get("tune", {}).get("enabled", True) else [],
+        trials=res("tune/trials.tsv"),  # header only when tuning is disabled
         scores=res("library/scores.parquet"),
         ranking=res("ranking.csv"),
     output:
@@ -70,8 +69,8 @@ rule report:
         epistasis_tsv=res("report/epistasis.tsv"),
         manifest=res("manifest.json"),
     params:
-        campaign_dir=RESULTS,
-        out_dir=res("report"),
+        campaign_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+        out_dir=lambda wildcards, output: os.path.dirname(output.epistasis_tsv),
         # the user's config file(s), hashed into the manifest
         source_configs=workflow.configfiles,
     log:
@@ -82,7 +81,9 @@ rule report:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/lyra.yaml"
     shell:
-        "python -m lyra.report --campaign-dir {params.campaign_dir:q} --out-dir {params.out_dir:q}"
+        "lyra report --campaign-dir {params.campaign_dir:q} --out-dir {params.out_dir:q}"
         " --manifest {output.manifest:q} --config {input.cfgs:q} --source-config {params.source_configs:q}"
         " > {log:q} 2>&1"

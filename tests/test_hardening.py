@@ -509,7 +509,7 @@ def test_workflow_killed_during_training_resumes_without_redoing_finished_jobs(t
     spec.loader.exec_module(workflow)
     config = workflow.tiny_config(tmp_path, campaign="killed")
     cfg = yaml.safe_load(config.read_text())
-    cfg["train"].update(max_epochs=12, patience=12)  # long enough to be killed mid-training
+    cfg["train"].update(max_epochs=3, patience=3)  # no early stop: the killed member has epochs left
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     out = tmp_path / "results" / "killed"
     cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),

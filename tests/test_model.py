@@ -12,6 +12,15 @@ from lyra.errors import ConfigError
 from lyra.model import S4D, S4DKernel, configure_optimizer, fft_size, ssm_parameters
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is fastest, and spinning OpenMP threads crawl on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -263,7 +272,7 @@ def test_tiny_model_overfits_random_sequences():
     model = Lyra(d_input=20, d_model=16, d_state=8, dropout=0.0)
     opt = configure_optimizer(model, lr=1e-2, weight_decay=0.0, ssm_lr=1e-2)
     losses = []
-    for _ in range(200):
+    for _ in range(300):
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(model(x), y)
         loss.backward()

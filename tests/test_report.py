@@ -188,6 +188,10 @@ def test_predicted_epistasis_exact():
     assert eps[("K2A", "A4G")] == pytest.approx(3.0)
     assert eps[("K2A", "T3V")] == pytest.approx(0.0)
     assert eps[("T3W", "A4G")] == pytest.approx(0.0)
+    # the same mutations numbered from 0 (first_position = 0) give the same values
+    zero = [m._replace(position=m.position - 1) for m in muts]
+    again = R.predicted_epistasis(f, "MKTAY", zero, first_position=0)
+    assert again["epsilon"].tolist() == pytest.approx(table["epsilon"].tolist())
 
 
 def test_top_positions_and_mutations():
