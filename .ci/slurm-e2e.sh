@@ -130,8 +130,11 @@ python - "$OUT" "results/$LOCAL" "results/$REMOTE" \
   both), so the floats should agree to the last bit; the tolerance only forgives the printing of a
   float, while a real difference (another seed, split or model) moves metrics at 1e-3 or more.
   best.json's objective value is left out: it comes from a tuning trial trained with the seed of
-  the worker that ran it, and which of the two worker jobs runs trial 0 is up to the scheduler.
-- models/seed<k>.pt: every weight tensor exactly equal (the ensemble behind the ranking).
+  the worker that ran it, and which of the two worker jobs runs trial 0 is up to the scheduler
+  (observed: worker 1 locally, worker 0 on SLURM). So are wall times.
+- models/seed<k>.pt: every weight tensor exactly equal (the ensemble behind the ranking), and
+  library/scores.parquet: every per-model score of every library variant exactly equal (its
+  metadata names the checkpoint paths, which contain the campaign name, so only the table counts).
 - every non-local rule ran as a COMPLETED SLURM job; the GPU rules in partition gpu with a GPU.
 """
 import json
@@ -148,8 +151,9 @@ started = time.monotonic()
 out, local, remote, secs = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
 GPU_RULES = {"tune_worker", "train", "score_shard"}
 LOCAL_RULES = {"all", "stage_config"}
-# Keys that measure the run, not its result: wall times, and the tuning trial's own score (see above).
-VOLATILE = {"best_value", "seconds", "wall_s", "duration_s", "started", "finished", "host"}
+# Keys that describe the run, not its result: wall times, the tuning trial's own score (see above),
+# and the Optuna study name, a hash of the tune config that includes the campaign name.
+VOLATILE = {"best_value", "study_name", "seconds", "wall_s", "duration_s", "started", "finished", "host"}
 problems, checks = [], {}
 
 
@@ -200,6 +204,12 @@ def dataset():
     return f"same table ({a.num_rows} rows) and metadata"
 
 
+def scores():
+    a, b = pq.read_table(local / "library/scores.parquet"), pq.read_table(remote / "library/scores.parquet")
+    assert a.equals(b), "the library's scores differ"
+    return f"same scores for all {a.num_rows} library variants"
+
+
 def json_numbers(rel):
     def run():
         diff = same_numbers(json.loads((local / rel).read_text()), json.loads((remote / rel).read_text()), rel)
@@ -248,6 +258,7 @@ check("slurm_jobs", slurm_jobs)
 check("ranking.csv", lambda: bytes_equal("ranking.csv"))
 check("ranking.fasta", lambda: bytes_equal("ranking.fasta"))
 check("dataset.parquet", dataset)
+check("scores.parquet", scores)
 check("metrics.json", json_numbers("models/metrics.json"))
 check("best.json", json_numbers("tune/best.json"))
 check("models", models)

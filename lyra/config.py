@@ -27,7 +27,7 @@ STAGE_SECTIONS = {
     "preprocess": ("campaign", "seed", "data", "split", "rounds"),
     "tune": ("campaign", "seed", "model", "train", "tune"),
     "train": ("campaign", "seed", "model", "train"),
-    "score": ("campaign", "seed", "library"),
+    "score": ("campaign", "seed", "library", "train"),  # train.device
     "rank": ("campaign", "seed", "library", "rank"),
     "report": ("campaign", "seed", "report"),
 }
@@ -63,10 +63,13 @@ def resolve_config(raw: Mapping[str, Any], base_dir: str | os.PathLike = ".", so
     config = copy.deepcopy(dict(raw))
     # A stage config written by the workflow carries the directory its paths were resolved against.
     base_dir = config.pop("_base_dir", base_dir)
+    stage = config.pop("_stage", None)  # a stage config holds only that stage's sections
     _check_unknown_keys(config, schema, source, prefix="")
     _fill_defaults(config, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if stage is not None:
+        errors = [e for e in errors if not (e.validator == "required" and not e.absolute_path)]
     if errors:
         e = errors[0]
         path = [str(p) for p in e.absolute_path]
@@ -76,6 +79,8 @@ def resolve_config(raw: Mapping[str, Any], base_dir: str | os.PathLike = ".", so
         key = ".".join(path) or "(top level)"
         raise ConfigError(f"{source}: config key '{key}': {e.message}")
     config["_base_dir"] = str(Path(base_dir).resolve())
+    if stage is not None:
+        config = {k: v for k, v in config.items() if k in STAGE_SECTIONS[stage] or k.startswith("_")}
     return config
 
 
@@ -84,6 +89,7 @@ def stage_config(config: Mapping[str, Any], stage: str) -> dict:
     sections = STAGE_SECTIONS[stage]
     sub = {k: copy.deepcopy(config[k]) for k in sections if k in config}
     sub["_base_dir"] = config.get("_base_dir", ".")
+    sub["_stage"] = stage
     return sub
 
 

@@ -67,6 +67,8 @@ def _params():
         for command in case.get("commands", ["check-config"]):
             reason = (case.get("xfail") or {}).get(command)
             marks = [pytest.mark.xfail(strict=True, reason=" ".join(reason.split()))] if reason else []
+            if command == "run":  # the same checks as preprocess, plus every later stage's imports
+                marks.append(pytest.mark.slow)
             extra = "".join(a for a in case.get("args", []) if not a.startswith("--"))
             yield pytest.param(case, command, marks=marks, id=f"{command}-{case['file']}{extra and '-' + extra}")
 
@@ -111,7 +113,7 @@ def test_bad_config(case, command, tmp_path):
 
 def test_library_larger_than_max_size_is_rejected():
     """library_too_large.yaml: counted without enumerating, and scoring refuses it with one line."""
-    lib = pytest.importorskip("lyra.library")
+    from lyra import library as lib
     from lyra.config import resolve_config
     from lyra.errors import ConfigError
     from lyra.variants import read_wild_type
@@ -131,13 +133,13 @@ def test_library_larger_than_max_size_is_rejected():
     # the same library within its limit is accepted
     small = lib.LibraryConfig.from_dict({**config["library"], "positions": [2, 3], "max_size": 1000})
     assert lib.library_size(small, wild_type) == 20 * 20 - 1
+    assert sum(len(chunk) for chunk in lib.iter_library(small, wild_type)) == 20 * 20 - 1
 
 
 @pytest.mark.slow
 def test_run_refuses_a_too_large_library_without_partial_shards(tmp_path):
     """`lyra run` on library_too_large.yaml: one line naming library.max_size, no shard written. (It
     finds out only at the score stage, after training: see the check-config xfail in cases.yaml.)"""
-    pytest.importorskip("lyra.library")
     shutil.copytree(BAD_CONFIGS, tmp_path / "bad_configs")
     shutil.copytree(TESTS / "bad_inputs", tmp_path / "bad_inputs")
     tiny = ["tune.enabled=false", "train.seeds=1", "train.max_epochs=1", "train.batch_size=4", "train.device=cpu",
@@ -162,17 +164,29 @@ TRIVIA = (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, token
 
 
 def _workflow_tokens(path: Path) -> list[tokenize.TokenInfo]:
-    return [t for t in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)]
+    return list(tokenize.generate_tokens(io.StringIO(path.read_text()).readline))
 
 
 def _strings_after(tokens: list[tokenize.TokenInfo], i: int) -> tuple[str, int]:
-    """The implicitly concatenated string literals starting after token i, and the index past them."""
+    """The implicitly concatenated string literals starting at token i, and the index past them."""
     parts = []
     while i < len(tokens) and (tokens[i].type in TRIVIA or tokens[i].type == tokenize.STRING):
-        if tokens[i].type == tokenize.STRING:
-            parts.append(ast.literal_eval(tokens[i].string))
+        t = tokens[i]
+        if t.type == tokenize.STRING:
+            # Python fills an f-string before Snakemake sees it: no `:q` can quote those values
+            assert "f" not in t.string.split(t.string[-1])[0].lower(), f"line {t.start[0]}: f-string {t.string}"
+            parts.append(ast.literal_eval(t.string))
         i += 1
     return "".join(parts), i
+
+
+def _rule_name(tokens: list[tokenize.TokenInfo], i: int) -> str | None:
+    """The name if tokens i.. read `rule NAME:` (or `checkpoint NAME:`)."""
+    t = tokens[i]
+    if (t.type == tokenize.NAME and t.string in ("rule", "checkpoint") and i + 2 < len(tokens)
+            and tokens[i + 1].type == tokenize.NAME and tokens[i + 2].string == ":"):
+        return tokens[i + 1].string
+    return None
 
 
 def shell_commands() -> list[tuple[str, str, str]]:
@@ -182,10 +196,8 @@ def shell_commands() -> list[tuple[str, str, str]]:
         tokens = _workflow_tokens(path)
         rule = "(top level)"
         for i, t in enumerate(tokens[:-1]):
-            nxt = tokens[i + 1]
-            if t.type == tokenize.NAME and t.string in ("rule", "checkpoint") and nxt.type == tokenize.NAME:
-                rule = nxt.string
-            if t.type == tokenize.NAME and t.string == "shell" and nxt.string in (":", "("):
+            rule = _rule_name(tokens, i) or rule
+            if t.type == tokenize.NAME and t.string == "shell" and tokens[i + 1].string in (":", "("):
                 command, _ = _strings_after(tokens, i + 2)
                 found.append((path.name, rule, command))
     return found
@@ -199,20 +211,20 @@ def wildcard_constraints() -> dict[str, dict[str, str]]:
         tokens = _workflow_tokens(path)
         rule = "*"
         for i, t in enumerate(tokens):
-            if t.type == tokenize.NAME and t.string in ("rule", "checkpoint") and tokens[i + 1].type == tokenize.NAME:
-                rule = tokens[i + 1].string
+            if _rule_name(tokens, i):
+                rule = _rule_name(tokens, i)
                 out.setdefault(rule, {})
             if t.type == tokenize.NAME and t.string == "wildcard_constraints" and tokens[i + 1].string == ":":
                 scope = rule if t.start[1] > 0 else "*"  # indented: inside a rule
                 j = i + 2
-                while j + 2 < len(tokens):
-                    while tokens[j].type in TRIVIA or tokens[j].string == ",":
+                while True:  # name="regex", ... up to the next directive
+                    while j < len(tokens) and (tokens[j].type in TRIVIA or tokens[j].string == ","):
                         j += 1
-                    name, eq = tokens[j], tokens[j + 1]
-                    if name.type != tokenize.NAME or eq.string != "=":
+                    if j + 1 >= len(tokens) or tokens[j].type != tokenize.NAME or tokens[j + 1].string != "=":
                         break
+                    name = tokens[j].string
                     regex, j = _strings_after(tokens, j + 2)
-                    out.setdefault(scope, {})[name.string] = regex
+                    out.setdefault(scope, {})[name] = regex
             if t.type == tokenize.STRING and rule != "*":
                 try:
                     text = ast.literal_eval(t.string)
@@ -375,16 +387,18 @@ class _RunsCommand:
 
 
 def _malicious_checkpoint(path: Path, marker: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     payload = {"model_config": {}, "state_dict": {}, "alphabet": "protein", "targets": ["y"], "task": "regression",
                "target_transform": {"kind": "none"}, "note": _RunsCommand(marker)}
     torch.save(payload, path)
 
 
 def test_malicious_checkpoint_is_refused_without_running_it(tmp_path):
-    torch = pytest.importorskip("torch")
-    train = pytest.importorskip("lyra.train")
+    import torch
+
     from lyra.errors import LyraError
+    from lyra.train import load_checkpoint
 
     evil, marker = tmp_path / "seed0.pt", tmp_path / "pwned"
     _malicious_checkpoint(evil, marker)
@@ -394,7 +408,7 @@ def test_malicious_checkpoint_is_refused_without_running_it(tmp_path):
     marker.unlink()
 
     with pytest.raises(LyraError) as info:
-        train.load_checkpoint(evil)
+        load_checkpoint(evil)
     message = str(info.value)
     assert "\n" not in message and str(evil) in message and "not a readable Lyra checkpoint" in message, message
     assert not marker.exists()
@@ -402,7 +416,6 @@ def test_malicious_checkpoint_is_refused_without_running_it(tmp_path):
 
 def test_malicious_checkpoint_through_the_cli(tmp_path):
     """`lyra evaluate` on a pickle-bearing checkpoint: exit 2, one line, nothing run, no metrics file."""
-    pytest.importorskip("lyra.train")
     from lyra.config import resolve_config
     from lyra.pipeline import preprocess
 
@@ -424,7 +437,6 @@ def test_malicious_checkpoint_through_the_cli(tmp_path):
 
 def test_malicious_resume_file_is_ignored_not_run(tmp_path, caplog):
     """A planted resume file (models/.seed0.resume.pt) is not unpickled: training starts over."""
-    pytest.importorskip("lyra.train")
     import pandas as pd
 
     from lyra.train import TrainConfig, load_checkpoint, train_model
@@ -470,7 +482,6 @@ print(json.dumps({"train_loss": result.history[0]["train_loss"], "valid_loss": r
 
 @pytest.mark.slow
 def test_65536_long_sequence_trains_one_step_on_cpu(tmp_path):
-    pytest.importorskip("lyra.train")
     proc = subprocess.run([sys.executable, "-c", LONG_SEQUENCE_SCRIPT, "65536", str(tmp_path / "long.pt")],
                           capture_output=True, text=True, timeout=600, env={**ENV, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -9,7 +9,7 @@ import torch
 
 from lyra import Lyra, LyraConfig
 from lyra.errors import ConfigError
-from lyra.model import S4D, S4DKernel, configure_optimizer, fft_size, ssm_parameters
+from lyra.model import S4D, Linear, S4DKernel, configure_optimizer, fft_size, ssm_parameters
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +71,8 @@ def causal_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm())
 
 
 # ---- parameter counts and config -------------------------------------------------------------------
@@ -102,6 +103,16 @@ def test_config_round_trip_and_unknown_key(tmp_path):
         LyraConfig(pooling="sum")
     with pytest.raises(ConfigError, match="kernel_size"):
         LyraConfig(kernel_size=4)
+    with pytest.raises(ConfigError, match="model.d_model: expected an integer"):
+        LyraConfig.from_dict({"d_model": "64"})
+    with pytest.raises(ConfigError, match="model.dropout: expected a number"):
+        LyraConfig.from_dict({"dropout": "1e-3"})
+    with pytest.raises(ConfigError, match="pgc_expansions"):
+        LyraConfig.from_dict({"pgc_expansions": 2.0})
+    with pytest.raises(ConfigError, match="bidirectional"):
+        LyraConfig.from_dict({"bidirectional": "yes"})
+    assert LyraConfig.from_dict({"pgc_expansions": [1, 0.5], "dropout": 0}).pgc_expansions == (1.0, 0.5)
+    assert LyraConfig(pgc_expansions=[]).pgc_expansions == ()  # no PGC layer at all is allowed
 
 
 def test_default_init_is_s4d_lin():
@@ -185,6 +196,46 @@ def test_bidirectional_is_causal_plus_reversed_pass(L):
 # ---- the whole model ---------------------------------------------------------------------------------
 
 
+def reference_forward(model: Lyra, u: torch.Tensor) -> torch.Tensor:
+    """A plain float64 transcription of the authors' forward (lyra-notes 2.1-2.4), for comparison."""
+    P = {k: v.detach().double() for k, v in model.state_dict().items()}
+    u = u.double()
+
+    def rms(x, w):  # eps outside the sqrt, as in the official RMSNorm
+        return w * x / (x.norm(dim=-1, keepdim=True) * x.shape[-1] ** -0.5 + 1e-8)
+
+    x = u @ P["encoder.weight"].T + P["encoder.bias"]
+    for i, pgc in enumerate(model.pgcs):
+        p = f"pgcs.{i}."
+        h = rms(x @ P[p + "in_linear.weight"].T + P[p + "in_linear.bias"], P[p + "in_norm.weight"])
+        xx, v = h[..., : pgc.e], h[..., pgc.e:]
+        c = torch.nn.functional.conv1d(xx.transpose(1, 2), P[p + "conv.weight"], P[p + "conv.bias"],
+                                       padding=pgc.conv.padding[0], groups=pgc.e).transpose(1, 2)
+        x = rms((v * c) @ P[p + "out_linear.weight"].T + P[p + "out_linear.bias"], P[p + "out_norm.weight"])
+    L = x.shape[1]
+    for i, block in enumerate(model.s4ds):
+        p = f"s4ds.{i}."
+        z = rms(x, P[p + "norm.weight"]).transpose(1, 2)  # (B, H, L)
+        K = naive_kernel(block.s4d.kernel, L)  # (H, L)
+        y = torch.fft.irfft(torch.fft.rfft(z, n=2 * L) * torch.fft.rfft(K, n=2 * L), n=2 * L)[..., :L]
+        y = torch.nn.functional.gelu(y + P[p + "s4d.D"][:, None] * z)
+        W = P[p + "s4d.output_linear.weight"]  # the 1x1 Conv1d H -> 2H
+        y = torch.nn.functional.conv1d(y, W[:, :, None], P[p + "s4d.output_linear.bias"])  # (B, 2H, L)
+        x = x + torch.nn.functional.glu(y, dim=1).transpose(1, 2)
+    return x.mean(1) @ P["decoder.weight"].T + P["decoder.bias"]
+
+
+def test_forward_matches_plain_reference():
+    torch.manual_seed(0)
+    model = Lyra().eval()  # the default 47,169-parameter model
+    u = torch.eye(20)[torch.randint(0, 20, (6, 57))]
+    ref = reference_forward(model, u)
+    with torch.no_grad():
+        fast = model(u)  # inference path: pieces, oneDNN linears, cached kernel
+    slow = model(u)  # autograd path
+    assert rel_err(fast, ref) < 1e-4 and rel_err(slow, ref) < 1e-4
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -240,10 +291,23 @@ def test_inference_pieces_equal_whole_batch(kwargs):
     mask[3, 40:] = False
     with torch.enable_grad():  # autograd on: one piece, no cache
         whole = model(x, mask)
-    for chunk in (64, 100, 700, 3000):  # windows inside sequences, and slices of whole sequences
+    for chunk in (10, 64, 100, 700, 3000):  # windows (even narrower than the halo), and slices of sequences
         model.inference_chunk = chunk
         with torch.no_grad():
             torch.testing.assert_close(model(x, mask), whole, rtol=1e-4, atol=1e-5)
+
+
+def test_onednn_linear_matches_torch_linear():
+    torch.manual_seed(0)
+    lin = Linear(64, 96)
+    x = torch.randn(3, 50, 64)
+    xt = torch.randn(3, 64, 50).transpose(1, 2)  # strided input, as in the S4D output stage
+    with torch.no_grad():
+        for inp in (x, xt):
+            torch.testing.assert_close(lin(inp), torch.nn.functional.linear(inp, lin.weight, lin.bias))
+    y = lin(x)  # with autograd: torch's path, gradients flow
+    y.sum().backward()
+    assert lin.weight.grad is not None
 
 
 def test_gradients_reach_every_parameter():

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLUSTER_SCRIPT = ROOT.parent / "shared" / "slurm" / "slurm-localhost.sh"
 GPU_RULES = {"tune_worker", "train", "score_shard"}
-CPU_RULES = {"preprocess", "tune_collect", "evaluate", "gather_scores", "rank"}
+CPU_RULES = {"preprocess", "tune_collect", "evaluate", "gather_scores", "rank", "report"}
 CI_CONFIGS = ["config/config.yaml", "tests/configs/slurm_ci.yaml"]
 
 
