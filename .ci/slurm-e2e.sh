@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end check on a real SLURM cluster (issue 6).
 #
-# Runs the demo campaign, shrunk by tests/configs/slurm_ci.yaml, twice with the same seeds:
-#   1. locally:           snakemake --cores 2                  -> results/slurm_ci_local/
-#   2. through SLURM:     snakemake --profile profiles/ci-slurm -> results/slurm_ci_slurm/
-# on a one-node cluster brought up by ../shared/slurm/slurm-localhost.sh, then checks that every
-# non-local job ran as a SLURM job (GPU rules in the gpu partition with a GPU) and that the outputs
-# are equal (see compare() below for what "equal" means per file). The cluster is torn down on every
-# exit path, including failures, the global timeout and Ctrl-C.
+# Runs the demo campaign, shrunk by tests/configs/slurm_ci.yaml, twice with the same seeds, side by side:
+#   locally:          snakemake --cores 2                   -> results/slurm_ci_local/
+#   through SLURM:    snakemake --profile profiles/ci-slurm -> results/slurm_ci_slurm/
+# the latter on a one-node cluster brought up by ../shared/slurm/slurm-localhost.sh. Then it checks
+# that every non-local job ran as a SLURM job (the GPU rules in the gpu partition with a GPU) and that
+# the outputs are equal (the comparison's docstring below says what "equal" means for each file).
+# The cluster is torn down on every exit path: success, failure, the global timeout, Ctrl-C, SIGTERM.
 #
 #   bash .ci/slurm-e2e.sh             # as root (the cluster's daemons); needs ../shared/slurm
 #
@@ -37,15 +37,19 @@ command -v snakemake >/dev/null && command -v lyra >/dev/null || die "snakemake 
 mkdir -p "$OUT"
 
 # --- teardown: always, whatever happened -------------------------------------------------------
-STEP_PID=""
+declare -A PID T0 SECS  # per step: its `timeout` process, start time, duration
 teardown() {
-  local rc=$?
+  local rc=$? pid
   trap - EXIT INT TERM
-  if [ -n "$STEP_PID" ] && kill -0 "$STEP_PID" 2>/dev/null; then
-    log "interrupted: SIGINT to the running step (snakemake cancels its SLURM jobs)"
-    kill -INT "$STEP_PID" 2>/dev/null || true  # `timeout` passes it on to snakemake
-    for _ in $(seq 60); do kill -0 "$STEP_PID" 2>/dev/null || break; sleep 1; done
-  fi
+  for pid in "${PID[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      log "interrupted: SIGINT to the running steps (snakemake cancels its SLURM jobs)"
+      kill -INT "$pid" 2>/dev/null || true  # `timeout` passes it on to snakemake
+    fi
+  done
+  for pid in "${PID[@]}"; do
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  done
   if command -v squeue >/dev/null && scontrol ping >/dev/null 2>&1; then
     # Whatever is still queued or running is ours (the cluster is this script's): cancel it, or
     # its job steps would outlive slurmd and keep writing into results/.
@@ -67,23 +71,28 @@ trap teardown EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# step NAME CMD...: run CMD with the time left before the deadline, log to $OUT/NAME.log. It runs in
-# the background so that a signal to this script is handled at once (bash defers traps until a
-# foreground command ends); `timeout -s INT` ends it at the deadline the way Ctrl-C would.
-declare -A SECS
-step() {
+# start NAME CMD...: run CMD in the background with the time left before the deadline, output to
+# $OUT/NAME.log. `timeout -s INT` ends it at the deadline the way Ctrl-C would. In the background,
+# a signal to this script is handled at once (bash defers traps while a foreground command runs).
+start() {
   local name=$1; shift
-  local left=$((DEADLINE - SECONDS)) t0=$SECONDS rc=0
+  local left=$((DEADLINE - SECONDS))
   ((left > 0)) || die "global timeout reached before step $name"
   log "$name: $* (log: $OUT/$name.log, ${left}s left)"
   timeout -s INT -k 60 "$left" "$@" >"$OUT/$name.log" 2>&1 &
-  STEP_PID=$!
-  wait "$STEP_PID" || rc=$?
-  STEP_PID=""
-  SECS[$name]=$((SECONDS - t0))
+  PID[$name]=$!
+  T0[$name]=$SECONDS
+}
+
+# finish NAME: wait for the step; on failure show the end of its log and return its exit status.
+finish() {
+  local name=$1 rc=0
+  wait "${PID[$name]}" || rc=$?
+  unset "PID[$name]"
+  SECS[$name]=$((SECONDS - T0[$name]))
   if ((rc != 0)); then
+    log "$name: FAILED with exit $rc after ${SECS[$name]}s$( ((rc == 124)) && echo ' (global timeout)')"
     tail -n 40 "$OUT/$name.log" >&2
-    ((rc == 124)) && log "$name: stopped by the global timeout"
     return "$rc"
   fi
   log "$name: done in ${SECS[$name]}s"
@@ -98,15 +107,18 @@ show_failed_job_logs() {  # the rule logs and SLURM logs of failed jobs, for the
 
 rm -rf "results/$LOCAL" "results/$REMOTE" "$OUT"/*.log "$OUT/summary.json"
 
-# 1. the reference: the same campaign on this machine
-step local snakemake --cores 2 --configfile "${CONFIGS[@]}" --config campaign=$LOCAL
+# 1. The reference run on this machine, and meanwhile the cluster and the same campaign through it.
+#    They overlap on purpose: the SLURM run mostly waits (sbatch, squeue polls, job start-up), so
+#    together they take little more than the SLURM run alone. Timing does not change any output:
+#    both runs use the same seeds and thread counts.
+start local snakemake --cores 2 --configfile "${CONFIGS[@]}" --config campaign=$LOCAL
+start cluster_up bash "$CLUSTER" up
+finish cluster_up
+start slurm snakemake --profile profiles/ci-slurm --configfile "${CONFIGS[@]}" --config campaign=$REMOTE
+finish slurm || { show_failed_job_logs; exit 1; }
+finish local
 
-# 2. the cluster, then the same campaign through it
-step cluster_up bash "$CLUSTER" up
-step slurm snakemake --profile profiles/ci-slurm --configfile "${CONFIGS[@]}" --config campaign=$REMOTE \
-  || { show_failed_job_logs; exit 1; }
-
-# 3. which SLURM jobs ran: the run's job name is printed by the plugin; squeue keeps finished jobs
+# 2. which SLURM jobs ran: the run's job name is printed by the plugin; squeue keeps finished jobs
 #    for an hour on this cluster (MinJobAge=3600).
 RUN_ID=$(grep -oE "SLURM run ID: [A-Za-z0-9_-]+" "$OUT/slurm.log" | head -1 | cut -d' ' -f4)
 [ -n "$RUN_ID" ] || die "no 'SLURM run ID' in $OUT/slurm.log: did the run use the slurm executor?"
@@ -114,7 +126,7 @@ squeue -h -t all -n "$RUN_ID" -O "JobID:12,Comment:80,Partition:12,State:14,tres
   >"$OUT/jobs.txt"
 log "SLURM jobs of run $RUN_ID:"; cat "$OUT/jobs.txt"
 
-# 4. compare
+# 3. compare
 t0=$SECONDS
 python - "$OUT" "results/$LOCAL" "results/$REMOTE" \
   "{\"local\": ${SECS[local]}, \"cluster_up\": ${SECS[cluster_up]}, \"slurm\": ${SECS[slurm]}, \"elapsed_before_compare\": $SECONDS}" <<'PY'

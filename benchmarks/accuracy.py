@@ -133,8 +133,20 @@ def load_split(name: str) -> pd.DataFrame:
     raise SystemExit(f"unknown split {name!r}; choose from {', '.join(ALL_SPLITS)}")
 
 
+def _same_run(path: Path, model_cfg: dict, cfg: TrainConfig) -> bool:
+    """An existing checkpoint trained with these settings (the ensemble size and device aside)."""
+    if not path.exists():
+        return False
+    info = torch.load(path, weights_only=True)
+    ignore = ("seeds", "device")
+    same_train = {k: v for k, v in info["train_config"].items() if k not in ignore} == \
+        {k: v for k, v in cfg.to_dict().items() if k not in ignore}
+    return same_train and all(info["model_config"].get(k) == (list(v) if isinstance(v, tuple) else v)
+                              for k, v in model_cfg.items())
+
+
 def run_split(name: str, seeds: int, out_dir: Path, epochs: int | None, model_override: dict,
-              train_override: dict, quick: bool, device: str) -> dict:
+              train_override: dict, quick: bool, device: str, reuse: bool = False) -> dict:
     frame = load_split(name)
     setting = SETTINGS[name]
     model_cfg = {**setting.model, **model_override}
@@ -148,17 +160,22 @@ def run_split(name: str, seeds: int, out_dir: Path, epochs: int | None, model_ov
     log.info("%s: %d train / %d valid / %d test", name, counts.get("train", 0), counts.get("valid", 0),
              counts.get("test", 0))
 
-    started = time.perf_counter()
-    paths = []
+    paths, train_seconds = [], []
     for seed in range(seeds):
-        result = train_model(frame, META, model_cfg, cfg, seed=seed, checkpoint_path=out_dir / name / f"seed{seed}.pt",
-                             log_every=5)
-        log.info("%s seed %d: best epoch %d, valid Spearman %.4f, %.0f s", name, seed, result.best_epoch,
-                 result.best_valid["spearman"], result.seconds)
-        paths.append(result.checkpoint_path)
+        path = out_dir / name / f"seed{seed}.pt"
+        if reuse and _same_run(path, model_cfg, cfg):
+            info = torch.load(path, weights_only=True)
+            log.info("%s seed %d: reusing %s (trained in %.0f s)", name, seed, path, info["seconds"])
+            train_seconds.append(info["seconds"])
+        else:
+            result = train_model(frame, META, model_cfg, cfg, seed=seed, checkpoint_path=path, log_every=5)
+            log.info("%s seed %d: best epoch %d, valid Spearman %.4f, %.0f s", name, seed, result.best_epoch,
+                     result.best_valid["spearman"], result.seconds)
+            train_seconds.append(result.seconds)
+        paths.append(path)
     test = evaluate_ensemble(paths, frame, META, split="test")
     valid = evaluate_ensemble(paths, frame, META, split="valid")
-    lyra_seconds = time.perf_counter() - started
+    lyra_seconds = sum(train_seconds)  # training time of the members (also when reused from an earlier run)
 
     started = time.perf_counter()
     fit = frame[frame["split"].isin(["train", "valid"])]
@@ -174,7 +191,7 @@ def run_split(name: str, seeds: int, out_dir: Path, epochs: int | None, model_ov
         "test_per_seed": [s["spearman"] for s in test["per_seed"]],
         "best_epochs": [s["best_epoch"] for s in test["per_seed"]],
         "test": test["ensemble"], "ridge_test_spearman": ridge,
-        "lyra_seconds": lyra_seconds, "ridge_seconds": ridge_seconds,
+        "lyra_seconds": lyra_seconds, "member_seconds": train_seconds, "ridge_seconds": ridge_seconds,
         "model": model_cfg, "train": cfg.to_dict(),
     }
 
@@ -203,13 +220,16 @@ def main(argv: list[str] | None = None) -> None:
                    help="torch CPU threads (default 1: small models on a shared CPU run faster on one)")
     p.add_argument("--out", type=Path, default=Path("/tmp/lyra-accuracy"), help="checkpoint folder")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse checkpoints in --out trained with the same settings (grow an ensemble seed by seed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     seeds = 1 if args.quick else args.seeds
     rows = []
     for name in args.splits:
-        rows.append(run_split(name, seeds, args.out, args.epochs, args.model, args.train, args.quick, args.device))
+        rows.append(run_split(name, seeds, args.out, args.epochs, args.model, args.train, args.quick, args.device,
+                              args.reuse))
         print(markdown(rows[-1:]), flush=True)
         if args.json is not None:
             from lyra.io import write_json

@@ -100,6 +100,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     elif cmd == "check-config":
         from lyra.config import dump
 
+        pipeline.check_campaign(config)
         print(dump({k: v for k, v in config.items() if not k.startswith("_")}), end="")
     elif cmd == "preprocess":
         print(pipeline.preprocess(config, args.out_dir))
@@ -138,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _dispatch(args)
     except LyraError as e:
-        print(f"error: {e}", file=sys.stderr)
+        message = str(e)
+        config = getattr(args, "config", None)
+        if config and not message.startswith(str(config)) and "/" not in message.split(":")[0]:
+            message = f"{config}: {message}"  # every error names the file it is about
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -42,8 +42,12 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{path}: is not a file (give the campaign's YAML config)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
@@ -55,6 +59,21 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
     # Relative paths resolve against the working directory, as in Snakemake, so one config means the
     # same files whichever way it is run.
     return resolve_config(raw, base_dir=Path.cwd(), source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice (YAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def resolve_config(raw: Mapping[str, Any], base_dir: str | os.PathLike = ".", source: str = "config") -> dict:
@@ -95,7 +114,7 @@ def stage_config(config: Mapping[str, Any], stage: str) -> dict:
 
 def resolve_path(value: str | None, base_dir: str | os.PathLike = ".") -> str | None:
     """A file path from the config: `package://pkg/rel/path` (data shipped in a Python package) or a
-    path relative to the config file's directory."""
+    path relative to `base_dir` (the working directory, as in Snakemake)."""
     if value is None:
         return None
     value = str(value)
@@ -128,7 +147,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.max_epochs=5")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML (quote it, e.g. key='[1'") from None
     return out
 
 

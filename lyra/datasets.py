@@ -515,6 +515,8 @@ def prepare_dataset(
     if not data_cfg.targets:
         raise ConfigError("data.target_column: required (the measured value, or a list of them)")
     path = _resolve(data_cfg.path, base_dir)
+    if path.is_dir():
+        raise ConfigError(f"data.path: {path} is a directory; give the measurement file")
     if not path.is_file():
         raise ConfigError(f"data.path: no such file: {path}")
     round_paths = [_resolve(r, base_dir) for r in rounds or []]

@@ -338,7 +338,11 @@ class _Layout:
 
     def decode(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Indices [start, stop) -> tokens (n, L) uint8, n_mutations (n,) int32, slots (n, m) site ids."""
-        idx = np.arange(start, stop, dtype=np.int64)  # (n,)
+        return self.decode_indices(np.arange(start, stop, dtype=np.int64))
+
+    def decode_indices(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Any global indices (n,) -> tokens (n, L) uint8, n_mutations (n,) int32, slots (n, m) site ids."""
+        idx = np.asarray(idx, dtype=np.int64)
         n = idx.size
         tokens = np.repeat(self.wt_tokens[None, :], n, axis=0)  # (n, L)
         rows = np.arange(n)

@@ -61,6 +61,29 @@ def round_files(config: Mapping[str, Any]) -> list[str]:
     return [str(p / "measurements.csv") for p in rounds if (p / "measurements.csv").exists()]
 
 
+def check_campaign(config: Mapping[str, Any]) -> None:
+    """Fail fast, before any job runs, on what the schema cannot see: missing files, inconsistent split
+    settings, a library over its size cap."""
+    from lyra.datasets import DataConfig, SplitConfig
+    from lyra.library import LibraryConfig, library_size
+    from lyra.variants import read_wild_type
+
+    data = data_config(config)
+    if Path(data["path"]).is_dir():
+        raise ConfigError(f"data.path: {data['path']} is a directory; give the measurement file")
+    if not Path(data["path"]).is_file():
+        raise ConfigError(f"data.path: no such file: {data['path']}")
+    DataConfig.from_dict(data)
+    SplitConfig.from_dict(config["split"])
+    round_files(config)
+    wt = read_wild_type(data["wild_type"]) if data.get("wild_type") else None
+    lib = LibraryConfig.from_dict(library_section(config))
+    if wt is not None or lib.kind == "file":
+        n = library_size(lib, wt, data.get("first_position", 1), data.get("alphabet", "protein"))
+        if n > lib.max_size:
+            raise ConfigError(f"config key 'library': {n:,} variants exceed library.max_size {lib.max_size:,}")
+
+
 # --- stages -----------------------------------------------------------------------------------------
 
 
@@ -184,6 +207,7 @@ def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: 
 def run_campaign(config: Mapping[str, Any], results: str | Path = "results", config_files: tuple[str, ...] = ()) -> Path:
     """All stages in one process (no Snakemake): same files as the workflow, reused when present."""
     root = Path(results) / config["campaign"] if results else campaign_dir(config)
+    check_campaign(config)
     timings: dict[str, float] = {}
 
     def stage(name: str, fn, *outputs: Path) -> None:

@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -310,18 +310,33 @@ def acquisition(mean: np.ndarray, std: np.ndarray, cfg: RankConfig) -> np.ndarra
 
 
 def _top_rows(acq: np.ndarray, k: int) -> np.ndarray:
-    """Row numbers of the k best, sorted by acquisition (descending), ties by row number."""
+    """Row numbers of the k best, in the total order (acquisition descending, ties by row number)."""
     k = min(k, acq.size)
-    part = np.argpartition(-acq, k - 1)[:k] if k < acq.size else np.arange(acq.size)
-    # argpartition picks an arbitrary subset among ties at the boundary: take every row tied with the k-th
-    kth = acq[part].min() if part.size else -np.inf
-    part = np.union1d(part, np.flatnonzero(acq == kth)) if part.size else part
-    order = np.lexsort((part, -acq[part]))
-    return part[order][:k]
+    if k == acq.size:
+        return np.argsort(-acq, kind="stable")
+    part = np.argpartition(-acq, k - 1)[:k]
+    # argpartition picks an arbitrary subset of the rows tied with the k-th: take them all, then cut
+    part = np.union1d(part, np.flatnonzero(acq == acq[part].min()))
+    return part[np.lexsort((part, -acq[part]))][:k]
+
+
+def _blocks_in_order(acq: np.ndarray, first: int, largest: int = 200_000) -> Iterator[np.ndarray]:
+    """Row numbers in acquisition order, in blocks: the first `first` by a partial sort; the rest (only
+    when diversity rules reject that many) from one full sort, in blocks growing to `largest`."""
+    top = _top_rows(acq, first)
+    yield top
+    if top.size == acq.size:
+        return
+    order = np.argsort(-acq, kind="stable")  # the same total order as _top_rows
+    pos, size = top.size, top.size
+    while pos < order.size:
+        size = min(size * 4, largest)
+        yield order[pos: pos + size]
+        pos += size
 
 
 def _read_rows(pf: pq.ParquetFile, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
-    """Selected row numbers of a Parquet file, row group by row group (never the whole string columns)."""
+    """Selected row numbers of a Parquet file, in the order given, read row group by row group."""
     want = np.sort(rows)
     parts = []
     start = 0
@@ -337,17 +352,56 @@ def _read_rows(pf: pq.ParquetFile, rows: np.ndarray, columns: list[str]) -> pd.D
     return frame.loc[rows]
 
 
-def _sequences_for(frame: pd.DataFrame, meta: dict) -> list[str]:
-    if "sequence" in frame.columns:
-        return frame["sequence"].tolist()
+class _Candidates:
+    """Byte rows (n, L) (ASCII letters, 0 = past the end) of scored variants, from the cheapest source:
+    the library's index decoder (enumerated libraries), else the stored sequences, else the mutations."""
+
+    def __init__(self, pf: pq.ParquetFile, meta: dict, index: np.ndarray):
+        from lyra.library import _Layout
+
+        self.pf, self.meta, self.index = pf, meta, index
+        self.wt = meta.get("wild_type")
+        self.names = pf.schema_arrow.names
+        self.layout = None
+        lib = meta.get("library") or {}
+        if self.wt and lib.get("kind") in ("combinatorial", "saturation", "pairs") and "sequence" not in self.names:
+            ab = get_alphabet(meta["alphabet"])
+            self.layout = _Layout(LibraryConfig(**lib), self.wt, ab, meta["first_position"])
+            self.layout.build()
+            self.lut = np.frombuffer((ab.letters + (ab.ambiguous[:1] or "?") + "\0").encode(), dtype=np.uint8)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        if self.layout is not None:
+            tokens, _, _ = self.layout.decode_indices(self.index[rows])
+            return self.lut[tokens]  # (n, L) ASCII
+        if "sequence" in self.names:
+            seqs = _read_rows(self.pf, rows, ["sequence"])["sequence"].tolist()
+        else:
+            seqs = _sequences_from_mutations(_read_rows(self.pf, rows, ["mutations"])["mutations"].tolist(), self.meta)
+        return _to_bytes(seqs)
+
+
+def _to_bytes(seqs: Sequence[str]) -> np.ndarray:
+    L = max((len(s) for s in seqs), default=0)
+    out = np.zeros((len(seqs), L), dtype=np.uint8)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = np.frombuffer(s.encode(), dtype=np.uint8)
+    return out
+
+
+def _pad(a: np.ndarray, L: int) -> np.ndarray:
+    return a if a.shape[-1] >= L else np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, L - a.shape[-1])])
+
+
+def _sequences_from_mutations(mutations: Sequence[str], meta: dict) -> list[str]:
     from lyra.variants import MutationParser
 
-    wt, first = meta["wild_type"], meta["first_position"]
+    wt, first = meta.get("wild_type"), meta.get("first_position", 1)
     if wt is None:
         raise DataError("scores hold neither sequences nor a wild type to rebuild them from")
     parse = MutationParser(wt, first)
     out = []
-    for text in frame["mutations"].tolist():
+    for text in mutations:
         seq = bytearray(wt.encode())
         for m in parse(text):
             seq[m.position - first] = ord(m.mt)
@@ -355,60 +409,144 @@ def _sequences_for(frame: pd.DataFrame, meta: dict) -> list[str]:
     return out
 
 
-def _hamming_to_picks(row: np.ndarray, picks: np.ndarray) -> np.ndarray:
-    """Hamming distances (n_picks,) from one padded byte row to the picked rows (padding counts)."""
-    return (picks != row[None, :]).sum(axis=1)
+class _Greedy:
+    """Greedy diversity-aware selection over candidates streamed in acquisition order.
 
+    Every rule is monotone (once a candidate breaks it, it stays broken), so after each pick the rules are
+    applied to the whole current block at once with numpy: the Python loop runs once per pick, not once
+    per candidate. Each blocked candidate keeps the first reason that blocked it, for the picks' reasons.
+    """
 
-def _greedy(cand: pd.DataFrame, seqs: list[str], cfg: RankConfig) -> tuple[list[int], list[Counter]]:
-    """Walk candidates in acquisition order; -> (positions of picks in `cand`, per pick the skip reasons)."""
-    div = cfg.diversity
-    cap_mut, cap_pos, min_ham = div["max_per_mutation"], div["max_per_position"], div["min_hamming"]
-    L = max((len(s) for s in seqs), default=0)
-    rows = np.zeros((len(seqs), L), dtype=np.uint8)  # padded bytes, 0 = past the end
-    for i, s in enumerate(seqs):
-        rows[i, : len(s)] = np.frombuffer(s.encode(), dtype=np.uint8)
-    muts = [m.split(":") if isinstance(m, str) and m else [] for m in cand["mutations"].tolist()]
-    used_mut: Counter = Counter()
-    used_pos: Counter = Counter()
-    picks: list[int] = []
-    reasons: list[Counter] = []
-    skipped: Counter = Counter()
-    for i in range(len(cand)):
-        if len(picks) >= cfg.top_n:
-            break
-        why = None
-        if cap_mut is not None:
-            full = next((m for m in muts[i] if used_mut[m] >= cap_mut), None)
-            if full is not None:
-                why = f"repeating {full} (cap {cap_mut})"
-        if why is None and cap_pos is not None:
-            full = next((m[1:-1] for m in muts[i] if used_pos[m[1:-1]] >= cap_pos), None)
-            if full is not None:
-                why = f"mutating position {full} again (cap {cap_pos})"
-        if why is None and min_ham is not None and picks:
-            d = _hamming_to_picks(rows[i], rows[picks])
-            close = np.flatnonzero(d < min_ham)
-            if close.size:
-                j = int(close[0])
-                why = f"within Hamming distance {int(d[j])} of pick {j + 1} (min {min_ham})"
-        if why is not None:
-            skipped[why] += 1
-            continue
-        picks.append(i)
-        reasons.append(skipped)
-        skipped = Counter()
-        used_mut.update(muts[i])
-        used_pos.update(m[1:-1] for m in muts[i])
-    return picks, reasons
+    def __init__(self, cfg: RankConfig, wild_type: str | None, first_position: int):
+        div = cfg.diversity
+        self.cfg = cfg
+        self.cap_mut, self.cap_pos, self.min_ham = div["max_per_mutation"], div["max_per_position"], div["min_hamming"]
+        if wild_type is None and (self.cap_mut or self.cap_pos):
+            log.warning("no wild type: rank.diversity max_per_mutation / max_per_position are ignored")
+            self.cap_mut = self.cap_pos = None
+        self.wt = None if wild_type is None else np.frombuffer(wild_type.encode(), dtype=np.uint8)
+        self.first_position = first_position
+        L = 0 if self.wt is None else self.wt.size
+        self.n_mut = np.zeros((L, 256), dtype=np.int32)  # picks using residue c at position p
+        self.n_pos = np.zeros(L, dtype=np.int32)  # picks mutating position p
+        self.picks: list[np.ndarray] = []  # byte rows
+        self.pick_rows: list[int] = []  # row numbers in the scores file
+        self.pick_ranks: list[int] = []  # 1-based rank by acquisition
+        self.pick_skipped: list[Counter] = []
+        self.texts: list[str] = []  # reason code -> text
+        self._codes: dict[str, int] = {}
+        self.skipped: Counter = Counter()  # since the last pick
+
+    @property
+    def done(self) -> bool:
+        return len(self.picks) >= self.cfg.top_n
+
+    def _code(self, text: str) -> int:
+        if text not in self._codes:
+            self._codes[text] = len(self.texts)
+            self.texts.append(text)
+        return self._codes[text]
+
+    def _mutated(self, rows: np.ndarray) -> np.ndarray:
+        """(n, L) bool: positions differing from the wild type."""
+        return rows[:, : self.wt.size] != self.wt[None, :]
+
+    def _block_mut(self, rows, mutated, open_, reason, saturated: np.ndarray) -> None:
+        """Block open candidates using a saturated (position, residue); `saturated` (L, 256) bool."""
+        hit = saturated[np.arange(mutated.shape[1])[None, :], rows[:, : mutated.shape[1]]] & mutated  # (n, L)
+        new = np.flatnonzero(open_ & hit.any(axis=1))
+        if new.size == 0:
+            return
+        p = np.argmax(hit[new], axis=1)  # each labelled by its first saturated mutation
+        key = p * 256 + rows[new, p]
+        for k in np.unique(key):  # distinct reasons are few
+            q, c = divmod(int(k), 256)
+            reason[new[key == k]] = self._code(f"repeating {chr(self.wt[q])}{q + self.first_position}{chr(c)} "
+                                               f"(cap {self.cap_mut})")
+        open_[new] = False
+
+    def _block_pos(self, mutated, open_, reason, positions: np.ndarray) -> None:
+        hit = mutated[:, positions]  # (n, k)
+        new = np.flatnonzero(open_ & hit.any(axis=1))
+        if new.size == 0:
+            return
+        p = positions[np.argmax(hit[new], axis=1)]
+        for q in np.unique(p):
+            reason[new[p == q]] = self._code(f"mutating position {int(q) + self.first_position} again "
+                                             f"(cap {self.cap_pos})")
+        open_[new] = False
+
+    def _block_ham(self, rows, open_, reason, j: int) -> None:
+        pick = self.picks[j]
+        L = max(rows.shape[1], pick.size)
+        d = (_pad(rows, L) != _pad(pick[None, :], L)).sum(axis=1)  # (n,)
+        new = open_ & (d < self.min_ham)
+        for dist in np.unique(d[new]):
+            reason[new & (d == dist)] = self._code(
+                f"within Hamming distance {int(dist)} of pick {j + 1} (min {self.min_ham})")
+        open_ &= ~new
+
+    def scan(self, block_rows: np.ndarray, rows: np.ndarray, first_rank: int) -> None:
+        """Pick from one block (row numbers and their byte rows, in acquisition order)."""
+        n = len(block_rows)
+        open_ = np.ones(n, dtype=bool)  # not (yet) blocked by a rule
+        reason = np.full(n, -1, dtype=np.int64)
+        mutated = self._mutated(rows) if self.wt is not None and rows.shape[1] >= self.wt.size else None
+        if mutated is not None and self.cap_mut is not None:  # rules already in force from earlier blocks
+            self._block_mut(rows, mutated, open_, reason, self.n_mut >= self.cap_mut)
+        if mutated is not None and self.cap_pos is not None:
+            self._block_pos(mutated, open_, reason, np.flatnonzero(self.n_pos >= self.cap_pos))
+        if self.min_ham is not None:
+            for j in range(len(self.picks)):
+                self._block_ham(rows, open_, reason, j)
+        i = 0
+        while not self.done:
+            nxt = np.flatnonzero(open_[i:])
+            if nxt.size == 0:
+                break
+            k = i + int(nxt[0])
+            self._count_skipped(reason[i:k])
+            self.picks.append(rows[k].copy())
+            self.pick_rows.append(int(block_rows[k]))
+            self.pick_ranks.append(first_rank + k)
+            self.pick_skipped.append(self.skipped)
+            self.skipped = Counter()
+            open_[k] = False
+            reason[k] = -2  # picked
+            if mutated is not None:
+                ps = np.flatnonzero(mutated[k])
+                if self.cap_mut is not None:
+                    self.n_mut[ps, rows[k, ps]] += 1
+                    full = np.zeros_like(self.n_mut, dtype=bool)
+                    full[ps, rows[k, ps]] = self.n_mut[ps, rows[k, ps]] >= self.cap_mut
+                    if full.any():
+                        self._block_mut(rows, mutated, open_, reason, full)
+                if self.cap_pos is not None:
+                    self.n_pos[ps] += 1
+                    full_pos = ps[self.n_pos[ps] == self.cap_pos]
+                    if full_pos.size:
+                        self._block_pos(mutated, open_, reason, full_pos)
+            if self.min_ham is not None:
+                self._block_ham(rows, open_, reason, len(self.picks) - 1)
+            i = k + 1
+        if not self.done:
+            self._count_skipped(reason[i:])
+
+    def _count_skipped(self, codes: np.ndarray) -> None:
+        codes = codes[codes >= 0]
+        if codes.size:
+            first_seen = {}
+            for c in codes.tolist():  # keep the order in which reasons first appear
+                first_seen[c] = first_seen.get(c, 0) + 1
+            for c, count in first_seen.items():
+                self.skipped[self.texts[c]] += count
 
 
 def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
-def _reason(row: Mapping[str, Any], acq_rank: int, skipped: Counter, cfg: RankConfig) -> str:
-    mu, sd, a = float(row["mean"]), float(row["std"]), float(row["acquisition"])
+def _reason(mu: float, sd: float, a: float, acq_rank: int, skipped: Counter, cfg: RankConfig) -> str:
     if cfg.strategy == "ucb":
         head = f"UCB {_fmt(a)} = mean {_fmt(mu)} + {cfg.kappa:g}*std {_fmt(sd)}"
     else:
@@ -424,51 +562,57 @@ def _reason(row: Mapping[str, Any], acq_rank: int, skipped: Counter, cfg: RankCo
     return text
 
 
+RANK_COLUMNS = ["rank", "variant_id", "mutations", "n_mutations", "sequence", "mean", "std", "acquisition",
+                "acquisition_rank", "reason"]
+
+
 def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, Any]) -> pd.DataFrame:
-    """Pick `top_n` variants from a scores file; see the module docstring. Columns: rank, variant_id,
-    mutations, n_mutations, sequence, mean, std, acquisition, acquisition_rank, reason."""
+    """Pick `top_n` variants from a scores file; see the module docstring. Columns: RANK_COLUMNS.
+
+    Memory: the mean, std and index columns (16 bytes per variant) plus one block of candidates; the
+    string columns are read for the picks only.
+    """
     cfg = rank_cfg if isinstance(rank_cfg, RankConfig) else RankConfig.from_dict(rank_cfg)
     scores_path = Path(scores_path)
     pf, meta, _ = _file_meta(scores_path)
     names = pf.schema_arrow.names
-    for col in ("mean", "std", "variant_id", "mutations"):
+    for col in ("index", "mean", "std", "variant_id", "mutations"):
         if col not in names:
             raise DataError(f"scores have no {col!r} column", str(scores_path))
-    stats = pf.read(columns=["mean", "std"])
+    stats = pf.read(columns=["index", "mean", "std"])
+    index = stats.column("index").to_numpy()
     mean = stats.column("mean").to_numpy()
     std = stats.column("std").to_numpy()
     del stats
     acq = acquisition(mean, std, cfg)
-    n = acq.size
-    if n == 0:
+    if acq.size == 0:
         raise DataError("the library has no scored variants (all excluded?)", str(scores_path))
-    columns = [c for c in ("variant_id", "mutations", "n_mutations", "sequence") if c in names]
-    pool = cfg.pool_factor * cfg.top_n
-    while True:
-        rows = _top_rows(acq, pool)  # (k,) sorted by acquisition
-        cand = _read_rows(pf, rows, columns).reset_index(drop=True)
-        cand["mean"], cand["std"], cand["acquisition"] = mean[rows], std[rows], acq[rows]
-        seqs = _sequences_for(cand, meta)
-        picks, reasons = _greedy(cand, seqs, cfg)
-        if len(picks) >= cfg.top_n or rows.size >= n:
+    candidates = _Candidates(pf, meta, index)
+    greedy = _Greedy(cfg, meta.get("wild_type"), meta.get("first_position", 1))
+    seen = 0
+    for block in _blocks_in_order(acq, cfg.pool_factor * cfg.top_n):
+        greedy.scan(block, candidates.rows(block), first_rank=seen + 1)
+        seen += block.size
+        if greedy.done:
             break
-        pool *= 4  # diversity rules rejected too many: widen the pool (the greedy prefix is unchanged)
-        log.info("diversity rules left %d of %d picks; widening the candidate pool to %d", len(picks), cfg.top_n, pool)
-    if len(picks) < cfg.top_n:
-        log.warning("only %d variants satisfy the diversity rules (top_n %d)", len(picks), cfg.top_n)
-    out = cand.iloc[picks].copy()
-    out["sequence"] = [seqs[i] for i in picks]
-    out["acquisition_rank"] = [i + 1 for i in picks]  # ties ranked by file order
-    out["reason"] = [_reason(r, int(k), why, cfg) for (_, r), k, why in zip(out.iterrows(), out["acquisition_rank"], reasons)]
-    out.insert(0, "rank", np.arange(1, len(out) + 1))
+        log.info("diversity rules left %d of %d picks after %d candidates; reading more", len(greedy.picks),
+                 cfg.top_n, seen)
+    if not greedy.done:
+        log.warning("only %d variants satisfy the diversity rules (top_n %d)", len(greedy.picks), cfg.top_n)
+    rows = np.array(greedy.pick_rows, dtype=np.int64)
+    columns = [c for c in ("variant_id", "mutations", "n_mutations") if c in names]
+    out = _read_rows(pf, rows, columns).reset_index(drop=True)
     if "n_mutations" not in out:
         out["n_mutations"] = pd.array([None] * len(out), dtype="Int32")
-    cols = ["rank", "variant_id", "mutations", "n_mutations", "sequence", "mean", "std", "acquisition",
-            "acquisition_rank", "reason"]
-    out = out[cols].reset_index(drop=True)
-    out["mean"] = out["mean"].astype(np.float64)
-    out["std"] = out["std"].astype(np.float64)
-    return out
+    out["sequence"] = [p[p > 0].tobytes().decode() for p in greedy.picks]
+    out["mean"] = mean[rows].astype(np.float64)
+    out["std"] = std[rows].astype(np.float64)
+    out["acquisition"] = acq[rows]
+    out["acquisition_rank"] = greedy.pick_ranks  # ties ranked by file order
+    out["reason"] = [_reason(m, s, a, k, why, cfg) for m, s, a, k, why in
+                     zip(out["mean"], out["std"], out["acquisition"], out["acquisition_rank"], greedy.pick_skipped)]
+    out.insert(0, "rank", np.arange(1, len(out) + 1))
+    return out[RANK_COLUMNS]
 
 
 def write_ranking(df: pd.DataFrame, csv_path: str | Path, fasta_path: str | Path | None = None) -> None:
