@@ -37,7 +37,7 @@ command -v snakemake >/dev/null && command -v lyra >/dev/null || die "snakemake 
 mkdir -p "$OUT"
 
 # --- teardown: always, whatever happened -------------------------------------------------------
-declare -A PID T0 SECS  # per step: its `timeout` process, start time, duration
+declare -A PID T0 SECS  # per step: its `timeout` process, start (epoch seconds), duration
 teardown() {
   local rc=$? pid
   trap - EXIT INT TERM
@@ -51,6 +51,7 @@ teardown() {
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
   done
   if command -v squeue >/dev/null && scontrol ping >/dev/null 2>&1; then
+    squeue -h -t all -o "%i %k %T" >"$OUT/jobs-at-exit.txt" 2>&1 || true
     # Whatever is still queued or running is ours (the cluster is this script's): cancel it, or
     # its job steps would outlive slurmd and keep writing into results/.
     local left
@@ -63,7 +64,12 @@ teardown() {
     fi
   fi
   log "tearing the cluster down"
+  local daemons  # the pid files slurm-localhost.sh starts its daemons with
+  daemons=$(cat /run/slurm/slurmctld.pid /run/slurm/slurmd.pid /run/munge/munged.pid 2>/dev/null || true)
   bash "$CLUSTER" down || log "warning: cluster teardown reported an error"
+  for pid in $daemons; do  # `down` only signals them; wait until they are gone (zombies count as gone)
+    for _ in $(seq 30); do [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" =~ ^[^Z] ]] || break; sleep 1; done
+  done
   log "exit $rc (total ${SECONDS}s)"
   exit "$rc"
 }
@@ -81,7 +87,7 @@ start() {
   log "$name: $* (log: $OUT/$name.log, ${left}s left)"
   timeout -s INT -k 60 "$left" "$@" >"$OUT/$name.log" 2>&1 &
   PID[$name]=$!
-  T0[$name]=$SECONDS
+  T0[$name]=$(date +%s)
 }
 
 # finish NAME: wait for the step; on failure show the end of its log and return its exit status.
@@ -89,7 +95,7 @@ finish() {
   local name=$1 rc=0
   wait "${PID[$name]}" || rc=$?
   unset "PID[$name]"
-  SECS[$name]=$((SECONDS - T0[$name]))
+  SECS[$name]=$(($(stat -c %Y "$OUT/$name.log") - T0[$name]))  # its last output, not when we waited
   if ((rc != 0)); then
     log "$name: FAILED with exit $rc after ${SECS[$name]}s$( ((rc == 124)) && echo ' (global timeout)')"
     tail -n 40 "$OUT/$name.log" >&2

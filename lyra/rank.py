@@ -5,15 +5,17 @@ group per chunk, so memory stays flat whatever the library size. Each shard file
 metadata, which library and index range it covers and how many variants it skipped (measured, wild
 type), so `gather_scores` can prove the shards are disjoint and complete before concatenating them.
 
-Ranking reads only the `mean` and `std` columns of the scores, computes the acquisition
+Ranking reads only the `index`, `mean` and `std` columns of the scores, computes the acquisition
 
     mean:  a = mu
     ucb:   a = mu + kappa * sigma        (sigma: the spread of the ensemble members)
 
-takes the best `pool_factor * top_n` candidates, and walks them in order, picking a candidate unless it
-breaks a diversity rule (a mutation already used `max_per_mutation` times, a position already mutated
-`max_per_position` times, or a Hamming distance below `min_hamming` to an earlier pick). Each pick gets a
-one-line reason: its acquisition, its rank before diversity, and what was skipped to reach it.
+and walks the candidates in acquisition order, picking one unless it breaks a diversity rule (a mutation
+already used `max_per_mutation` times, a position already mutated `max_per_position` times, or a Hamming
+distance below `min_hamming` to an earlier pick). Candidates arrive in blocks: the best
+`pool_factor * top_n` from a partial sort, then (only if the rules reject that many) growing blocks of a
+full sort, so a 10-million-variant table is never turned into Python objects. Each pick gets a one-line
+reason: its acquisition, its rank before diversity, and what was skipped to reach it.
 """
 
 from __future__ import annotations

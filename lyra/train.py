@@ -420,6 +420,42 @@ def _model_config(model_cfg: Mapping[str, Any] | LyraConfig, d_input: int, d_out
     return cfg
 
 
+def _train_epoch(model: Lyra, opt, sched, train: _Split, embedding: torch.Tensor, cfg: TrainConfig, task: str,
+                 class_w: torch.Tensor | None, seed: int, epoch: int) -> float:
+    """One pass over the training rows in an order (and with dropout masks) fixed by (seed, epoch)."""
+    device = embedding.device
+    torch.manual_seed(_epoch_seed(seed, epoch))  # dropout masks
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
+    model.train()
+    total = 0.0
+    for i in range(0, len(train), cfg.batch_size):
+        idx = order[i: i + cfg.batch_size]
+        x, m = _batch_inputs(embedding, train.tokens[idx], train.mask[idx], device)
+        with _autocast(device, cfg.amp):
+            out = model(x, m)  # (B, d_output)
+        loss = _loss(task, cfg, out.float(), train.y[idx].to(device), class_w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()  # per step: the cosine runs over max_epochs * steps_per_epoch
+        total += float(loss.detach()) * len(idx)
+    return total / len(train)
+
+
+def _validate(model: Lyra, valid: _Split, embedding: torch.Tensor, cfg: TrainConfig, task: str, transform,
+              class_w: torch.Tensor | None) -> tuple[float, dict[str, float]]:
+    """(loss in model units, metrics in original units) over the whole validation split at once."""
+    model.eval()
+    out = _forward_all(model, embedding, valid.tokens, valid.mask, cfg.eval_batch_size, cfg.amp)  # (n, d_output)
+    with torch.no_grad():
+        loss = float(_loss(task, cfg, out, valid.y, None if class_w is None else class_w.cpu()))
+    scores = _metrics(task, valid.y_raw, out, transform)
+    scores["loss"] = loss
+    return loss, scores
+
+
 # ----------------------------------------------------------------------------------------------------
 # training
 
@@ -493,34 +529,9 @@ def train_model(
                 if 0 < train_cfg.patience <= state["bad_epochs"]:
                     break
                 t_epoch = time.perf_counter()
-                torch.manual_seed(_epoch_seed(seed, epoch))  # dropout masks
-                order = torch.randperm(len(train), generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
-                model.train()
-                total, count = 0.0, 0
-                for i in range(0, len(train), train_cfg.batch_size):
-                    idx = order[i: i + train_cfg.batch_size]
-                    x, m = _batch_inputs(embedding, train.tokens[idx], train.mask[idx], device)
-                    y = train.y[idx].to(device)
-                    with _autocast(device, train_cfg.amp):
-                        out = model(x, m)  # (B, d_output)
-                    loss = _loss(task, train_cfg, out.float(), y, class_w)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if train_cfg.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-                    opt.step()
-                    sched.step()
-                    total += float(loss.detach()) * len(idx)
-                    count += len(idx)
-
-                model.eval()
-                out = _forward_all(model, embedding, valid.tokens, valid.mask, train_cfg.eval_batch_size,
-                                   train_cfg.amp)
-                with torch.no_grad():
-                    valid_loss = float(_loss(task, train_cfg, out, valid.y, None if class_w is None else class_w.cpu()))
-                scores = _metrics(task, valid.y_raw, out, transform)
-                scores["loss"] = valid_loss
-                row = {"epoch": epoch, "train_loss": total / count, "valid_loss": valid_loss,
+                train_loss = _train_epoch(model, opt, sched, train, embedding, train_cfg, task, class_w, seed, epoch)
+                valid_loss, scores = _validate(model, valid, embedding, train_cfg, task, transform, class_w)
+                row = {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
                        **{f"valid_{k}": v for k, v in scores.items() if k != "loss"},
                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
                 state["history"].append(row)

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from lyra import metrics as M
@@ -86,3 +87,30 @@ def test_regression_metrics_drop_missing_targets():
     out = M.regression_metrics(y, p)
     assert out["mse"] == 0.0 and out["spearman"] == pytest.approx(1.0)
     assert M.higher_is_better("spearman") and not M.higher_is_better("mse")
+
+
+def test_ridge_baseline_matches_sklearn():
+    """benchmarks/ridge.py (the baseline of every benchmark table) is sklearn's Ridge on one-hot inputs."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.ridge import ridge_fit_predict
+    from lyra.alphabet import PROTEIN
+
+    rng = np.random.default_rng(2)
+    letters = np.array(list("ACDEFGHIKLX"))  # X: ambiguous, uniform over the 20 channels
+    seqs = ["".join(rng.choice(letters, int(rng.integers(6, 9)))) for _ in range(80)]  # ragged: zero padding
+    y = rng.normal(size=(80, 2))
+    train, test = seqs[:60], seqs[60:]
+    pred = ridge_fit_predict(train, y[:60], test, alphabet="protein", alpha=0.7)
+
+    def dense(s):
+        return PROTEIN.one_hot(PROTEIN.encode_batch(s, length=8)[0], dtype=torch.float64).reshape(len(s), -1).numpy()
+
+    expected = linear_model.Ridge(alpha=0.7).fit(dense(train), y[:60]).predict(dense(test))
+    assert pred.shape == (20, 2)
+    assert np.allclose(pred, expected, atol=1e-8)
+    single = ridge_fit_predict(train, y[:60, 0], test, alpha=0.7)
+    assert single.shape == (20,) and np.allclose(single, expected[:, 0], atol=1e-8)
