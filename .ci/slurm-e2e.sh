@@ -36,6 +36,17 @@ die() { echo "slurm-e2e: error: $*" >&2; exit 1; }
 command -v snakemake >/dev/null && command -v lyra >/dev/null || die "snakemake and lyra must be on PATH"
 mkdir -p "$OUT"
 
+# One run per machine: the cluster and results/slurm_ci_* are machine-wide, and a second run (another
+# CI session, a developer) would delete this one's results and tear down its cluster. So a second
+# run waits here for the first. Children get the lock's descriptor closed (9>&-): a daemon started by
+# `up` must not hold the lock after this script ends.
+LOCK=/tmp/lyra-slurm-e2e.lock
+exec 9>"$LOCK"
+if ! flock -n 9; then
+  log "another .ci/slurm-e2e.sh holds $LOCK; waiting for it"
+  flock -w $((DEADLINE - SECONDS)) 9 || die "$LOCK still held at the global timeout"
+fi
+
 # --- teardown: always, whatever happened -------------------------------------------------------
 declare -A PID T0 SECS  # per step: its `timeout` process, start (epoch seconds), duration
 teardown() {
@@ -66,7 +77,7 @@ teardown() {
   log "tearing the cluster down"
   local daemons  # the pid files slurm-localhost.sh starts its daemons with
   daemons=$(cat /run/slurm/slurmctld.pid /run/slurm/slurmd.pid /run/munge/munged.pid 2>/dev/null || true)
-  bash "$CLUSTER" down || log "warning: cluster teardown reported an error"
+  bash "$CLUSTER" down 9>&- || log "warning: cluster teardown reported an error"
   for pid in $daemons; do  # `down` only signals them; wait until they are gone (zombies count as gone)
     for _ in $(seq 30); do [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" =~ ^[^Z] ]] || break; sleep 1; done
   done
@@ -85,7 +96,7 @@ start() {
   local left=$((DEADLINE - SECONDS))
   ((left > 0)) || die "global timeout reached before step $name"
   log "$name: $* (log: $OUT/$name.log, ${left}s left)"
-  timeout -s INT -k 60 "$left" "$@" >"$OUT/$name.log" 2>&1 &
+  timeout -s INT -k 60 "$left" "$@" >"$OUT/$name.log" 2>&1 9>&- &
   PID[$name]=$!
   T0[$name]=$(date +%s)
 }
