@@ -81,7 +81,10 @@ def check_campaign(config: Mapping[str, Any]) -> None:
     if wt is not None or lib.kind == "file":
         n = library_size(lib, wt, data.get("first_position", 1), data.get("alphabet", "protein"))
         if n > lib.max_size:
-            raise ConfigError(f"config key 'library': {n:,} variants exceed library.max_size {lib.max_size:,}")
+            raise ConfigError(
+                f"library: {n:,} variants exceed library.max_size = {lib.max_size:,}; "
+                "raise library.max_size to score it anyway"
+            )
 
 
 # --- stages -----------------------------------------------------------------------------------------

@@ -138,8 +138,8 @@ def test_library_larger_than_max_size_is_rejected():
 
 @pytest.mark.slow
 def test_run_refuses_a_too_large_library_without_partial_shards(tmp_path):
-    """`lyra run` on library_too_large.yaml: one line naming library.max_size, no shard written. (It
-    finds out only at the score stage, after training: see the check-config xfail in cases.yaml.)"""
+    """`lyra run` on library_too_large.yaml: one line naming library.max_size, refused before any stage
+    runs (nothing trained, no shard written)."""
     shutil.copytree(BAD_CONFIGS, tmp_path / "bad_configs")
     shutil.copytree(TESTS / "bad_inputs", tmp_path / "bad_inputs")
     tiny = ["tune.enabled=false", "train.seeds=1", "train.max_epochs=1", "train.batch_size=4", "train.device=cpu",
@@ -148,10 +148,10 @@ def test_run_refuses_a_too_large_library_without_partial_shards(tmp_path):
                 *[a for s in tiny for a in ("--set", s)], cwd=tmp_path / "bad_configs", timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = error_lines(proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: library: "), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: library_too_large.yaml: library: "), proc.stderr
     assert "exceed library.max_size = 1,000,000" in lines[0]
     campaign = tmp_path / "results" / "hardening"
-    assert (campaign / "models" / "seed0.pt").is_file()  # finished stages stay
+    assert not (campaign / "models").exists()  # checked before training, not after
     assert not list(campaign.rglob("shard*")) and not list(campaign.rglob("*.tmp")), files_under(campaign)
 
 
