@@ -89,6 +89,7 @@ def test_ci_profile_puts_gpu_rules_on_the_gpu_partition():
 
 
 @pytest.mark.slow
+@pytest.mark.slurm
 def test_campaign_on_a_real_slurm_cluster_equals_the_local_run(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root: the test cluster's daemons run as root")
