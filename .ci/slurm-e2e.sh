@@ -115,9 +115,10 @@ finish() {
   log "$name: done in ${SECS[$name]}s"
 }
 
-show_failed_job_logs() {  # the rule logs and SLURM logs of failed jobs, for the CI log
+show_failed_job_logs() {  # the rule log and SLURM log of each failed job ("Error in rule" blocks)
   local f
-  for f in $(grep -oE "log: [^ ]+\.log" "$OUT/slurm.log" 2>/dev/null | cut -d' ' -f2 | sort -u); do
+  for f in $(awk '/^Error in rule/ {e = 1} e && /^    log:/ {print; e = 0}' "$OUT/slurm.log" \
+             | grep -oE "[^ ,]+\.log" | sort -u); do
     [ -f "$f" ] && { echo "--- $f"; tail -n 30 "$f"; } >&2
   done
 }
