@@ -2,6 +2,7 @@
 
     lyra run --config config/config.yaml                 # the whole campaign in one process
     lyra preprocess --config C --out-dir results/x/data  # one stage, explicit paths (what the rules call)
+    lyra simulate-round --config C                       # replay: the lab's results for the current picks
 
 Errors in the user's input print one line (`error: ...`) and exit with status 2; no traceback.
 """
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune-collect", help="best trial -> best.json + trials table")
     _common(p)
+    p.add_argument("--dataset", required=True)
     p.add_argument("--journal", required=True)
     p.add_argument("--best", required=True)
     p.add_argument("--trials", required=True)
@@ -90,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True)
     p.add_argument("--csv", required=True)
     p.add_argument("--fasta", required=True)
+    p = sub.add_parser("simulate-round", help="replay the lab: measure the ranking's picks in a complete landscape")
+    _common(p)
+    p.add_argument("--results", default="results", help="results root (default: results)")
+    p.add_argument("--truth", help="fully measured file in the data section's format (default: data.path, whole)")
+    p.add_argument("--round", type=int, help="round number (default: the next one)")
     sub.add_parser("report", help="figures (report/*.png) and manifest.json; see `lyra report --help`", add_help=False)
     return parser
 
@@ -117,7 +124,7 @@ def _dispatch(args: argparse.Namespace) -> None:
             Path(args.done).parent.mkdir(parents=True, exist_ok=True)
             Path(args.done).write_text(f"{n}\n")
     elif cmd == "tune-collect":
-        pipeline.tune_collect(config, args.journal, args.best, args.trials)
+        pipeline.tune_collect(config, args.dataset, args.journal, args.best, args.trials)
     elif cmd == "train":
         pipeline.train(config, args.dataset, args.best, args.member, args.out)
     elif cmd == "evaluate":
@@ -126,6 +133,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         pipeline.score(config, args.dataset, args.checkpoints, args.shard, args.out)
     elif cmd == "rank":
         pipeline.rank(config, args.scores, args.csv, args.fasta)
+    elif cmd == "simulate-round":
+        from lyra.rounds import simulate_round
+
+        print(simulate_round(config, args.results, args.truth, args.round))
     else:  # pragma: no cover - argparse rejects unknown commands
         raise SystemExit(f"unknown command {cmd}")
 

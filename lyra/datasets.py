@@ -117,6 +117,7 @@ class DataConfig:
     fasta_label_key: str | None = None  # FASTA: the header key holding the label (default: target_column)
     count_column: str | None = None  # optional read count per row (validated, summed over replicates)
     min_count: int = 0  # rows with count < min_count are dropped (and counted)
+    max_mutations: int | None = None  # keep only variants with at most this many substitutions (data file only)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DataConfig":
@@ -132,6 +133,11 @@ class DataConfig:
             _check_type(p, key, getattr(self, key), (str,), allow_none=True)
         _check_type(p, "first_position", self.first_position, (int,))
         _check_type(p, "min_count", self.min_count, (int,))
+        _check_type(p, "max_mutations", self.max_mutations, (int,), allow_none=True)
+        if self.max_mutations is not None and self.max_mutations < 0:
+            raise ConfigError(f"{p}.max_mutations: must be >= 0 or null, got {self.max_mutations}")
+        if self.max_mutations is not None and self.wild_type is None:
+            raise ConfigError(f"{p}.wild_type: required with data.max_mutations (mutations are counted against it)")
         _check_type(p, "uppercase", self.uppercase, (bool,))
         _check_type(p, "equal_length", self.equal_length, (bool,))
         _check_type(p, "mutation_separators", self.mutation_separators, (str,))
@@ -575,6 +581,17 @@ def _prepare(cfg: DataConfig, split_cfg: SplitConfig, paths: list[Path], base_di
     if len(rows) == 0:
         raise DataError("no rows left after dropping missing targets and excluded rows", str(paths[0]))
 
+    # ---- e.g. only the singles and doubles of a landscape measured so far; before merging replicates,
+    # so a later round's measurement of a dropped variant is not averaged with the dropped row
+    if cfg.max_mutations is not None:
+        if split_cfg.method == "index_files":
+            raise ConfigError("data.max_mutations: cannot be combined with split.method index_files (row numbers)")
+        keep = (rows["_src"].to_numpy() > 0) | (_count_substitutions(rows["sequence"], wild_type) <= cfg.max_mutations)
+        counts["variants_dropped_above_max_mutations"] = int((~keep).sum())
+        if not keep.any():
+            raise DataError(f"no variant has at most data.max_mutations = {cfg.max_mutations} mutations", str(paths[0]))
+        rows = rows.loc[keep].reset_index(drop=True)
+
     # ---- duplicate ids must name one sequence; replicates of a sequence are merged
     if "variant_id" in rows.columns:
         _check_ids(rows, paths)
@@ -617,6 +634,17 @@ def _prepare(cfg: DataConfig, split_cfg: SplitConfig, paths: list[Path], base_di
         raise ConfigError(f"split.method: the {split_cfg.method} split left no training variants")
     log.info("prepared %d variants from %d rows: %s", len(frame), counts["rows_read"], counts["per_split"])
     return _Prepared(frame, cfg.targets, classes, wild_type, counts, diff, split_info, sources)
+
+
+def _count_substitutions(seqs: pd.Series, wild_type: str) -> np.ndarray:
+    """(n,) float: Hamming distance to the wild type; NaN for another length (compares as False)."""
+    out = np.full(len(seqs), np.nan)
+    lengths = seqs.str.len().to_numpy()
+    same = lengths == len(wild_type)
+    if same.any():
+        arr = np.frombuffer("".join(seqs[same]).encode("ascii"), dtype=np.uint8).reshape(-1, len(wild_type))
+        out[same] = (arr != np.frombuffer(wild_type.encode("ascii"), dtype=np.uint8)).sum(axis=1)
+    return out
 
 
 def _read_measurements(
@@ -1080,6 +1108,8 @@ def _report(p: _Prepared, cfg: DataConfig, split_cfg: SplitConfig, meta: dict) -
         ("rows dropped for a missing target", c["rows_dropped_missing_target"], True),
         ("rows dropped below min_count", c.get("rows_dropped_below_min_count", 0), False),
         ("replicate rows merged into an earlier row (same sequence)", c["replicate_rows_merged"], True),
+        ("rows dropped: more mutations than data.max_mutations", c.get("variants_dropped_above_max_mutations", 0),
+         False),
         ("variants of another length than the wild type (no mutation string)",
          c.get("variants_unequal_length_no_mutations", 0), False),
         ("variants only measured in later rounds (placed in training)", c.get("variants_only_in_rounds", 0), False),

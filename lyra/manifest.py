@@ -191,10 +191,10 @@ def seeds(config: Mapping[str, Any], root: Path) -> dict[str, Any]:
         import pandas as pd
 
         try:
-            col = pd.read_csv(trials, sep="\t").get("sampler_seed")
-            out["tune_samplers"] = sorted({int(s) for s in col.dropna()}) if col is not None else None
+            col = pd.read_csv(trials, sep="\t").get("seed")
+            out["tune_trial_seeds"] = sorted({int(s) for s in col.dropna()}) if col is not None else None
         except (ValueError, OSError):
-            out["tune_samplers"] = None
+            out["tune_trial_seeds"] = None
     return out
 
 

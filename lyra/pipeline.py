@@ -25,13 +25,16 @@ def training_seed(config: Mapping[str, Any], member: int) -> int:
     return int(config["seed"]) * 1000 + int(member)
 
 
-def study_name(config: Mapping[str, Any]) -> str:
-    """One Optuna study per tuning setup: changing the search (or the data it sees) starts a new study
-    in the same journal instead of mixing trials from different searches."""
+def study_name(config: Mapping[str, Any], dataset: str | Path) -> str:
+    """One Optuna study per tuning setup and dataset: changing the search, or the data it sees (a new
+    campaign round), starts a new study in the same journal instead of resuming a finished one."""
+    from lyra.datasets import file_sha256
+
     sub = stage_config(config, "tune")
     sub.pop("_base_dir", None)
-    digest = hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{config['campaign']}-{digest}"
+    digest = hashlib.sha256(json.dumps(sub, sort_keys=True).encode())
+    digest.update(file_sha256(dataset).encode())
+    return f"{config['campaign']}-{digest.hexdigest()[:12]}"
 
 
 def data_config(config: Mapping[str, Any]) -> dict:
@@ -50,15 +53,17 @@ def _looks_like_path(value: str) -> bool:
 
 
 def round_files(config: Mapping[str, Any]) -> list[str]:
-    """rounds/<n>/measurements.csv files, in round order."""
-    rdir = config.get("rounds", {}).get("dir")
-    if not rdir:
+    """rounds/<n>/measurements.csv files, in round order (none while the folder does not exist yet)."""
+    from lyra.rounds import completed_rounds, rounds_root
+
+    root = rounds_root(config)
+    if root is None:
         return []
-    root = Path(resolve_path(rdir, config.get("_base_dir", ".")))
-    if not root.is_dir():
+    if root.exists() and not root.is_dir():
         raise ConfigError(f"config key 'rounds.dir': {root} is not a directory")
-    rounds = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-    return [str(p / "measurements.csv") for p in rounds if (p / "measurements.csv").exists()]
+    if not root.exists():
+        log.info("rounds.dir %s does not exist yet: no measured rounds (it appears with the first)", root)
+    return [str(root / str(n) / "measurements.csv") for n in completed_rounds(root)]
 
 
 def check_campaign(config: Mapping[str, Any]) -> None:
@@ -103,11 +108,13 @@ def tune_worker(config: Mapping[str, Any], dataset: str | Path, journal: str | P
 
     tune_cfg = TuneConfig.from_dict({**config["tune"], "seed": config["seed"]})
     return run_worker(
-        dataset, journal, tune_cfg, dict(config["model"]), dict(config["train"]), worker, study_name=study_name(config)
+        dataset, journal, tune_cfg, dict(config["model"]), dict(config["train"]), worker,
+        study_name=study_name(config, dataset),
     )
 
 
-def tune_collect(config: Mapping[str, Any], journal: str | Path, best: str | Path, trials: str | Path) -> dict:
+def tune_collect(config: Mapping[str, Any], dataset: str | Path, journal: str | Path, best: str | Path,
+                 trials: str | Path) -> dict:
     from lyra.tune import TuneConfig, collect_best, fixed_best
 
     if not config["tune"]["enabled"]:
@@ -116,7 +123,7 @@ def tune_collect(config: Mapping[str, Any], journal: str | Path, best: str | Pat
         write_text(trials, "number\tstate\tvalue\n")  # no search ran: an empty trials table
         return fixed_best(best, dict(config["model"]), dict(config["train"]))
     tune_cfg = TuneConfig.from_dict({**config["tune"], "seed": config["seed"]})
-    return collect_best(journal, best, trials, study_name=study_name(config), tune_cfg=tune_cfg)
+    return collect_best(journal, best, trials, study_name=study_name(config, dataset), tune_cfg=tune_cfg)
 
 
 def best_params(config: Mapping[str, Any], best_json: str | Path) -> tuple[dict, dict]:
@@ -230,7 +237,7 @@ def run_campaign(config: Mapping[str, Any], results: str | Path = "results", con
         if config["tune"]["enabled"]:
             for w in range(config["tune"]["n_workers"]):
                 tune_worker(config, dataset, journal, w)
-        tune_collect(config, journal, best, trials)
+        tune_collect(config, dataset, journal, best, trials)
 
     stage("tune", tune_all, best)
     models = [root / "models" / f"seed{k}.pt" for k in range(config["train"]["seeds"])]

@@ -6,17 +6,26 @@ do not. A trial trains one model on the train split and reports the validation m
 epoch, so the median pruner can stop a bad trial early; the objective is the best validation value.
 The test split is never read here.
 
+Reproducible in parallel. Trials run in *batches* of `n_workers` (trial k is in batch k // n_workers).
+Trial k's parameters are sampled by a TPE sampler seeded with `trial_seed(seed, k)` that sees only the
+trials of earlier batches, its model is trained with that same seed, and the median pruner compares
+it only with completed trials of earlier batches. A worker about to start batch b waits until batch
+b - 1 has finished. So the trials, their values and the best trial depend on the seed, `n_trials`
+and `n_workers`, never on which worker ran what or when: `lyra run` (one worker after the other)
+and a cluster run (all at once) pick the same model. The price is idle workers at a batch boundary.
+
 Guarantees (tests/test_tune.py checks each):
 - The config's fixed parameters (`model`, `train`) are trial 0, enqueued exactly once.
 - At most `n_trials` trials exist, counted over all workers. Creating a trial (count, then ask) is done
   under a second open-lock file, `<journal>.trial.lock`, so two workers cannot both take the last slot.
   The journal lock alone cannot give this: Optuna's `ask` is several journal writes. If a worker dies
   while holding that lock, the others wait out its 30 s grace period and then break it.
-- A worker killed mid-trial leaves that trial RUNNING; `collect_best` first marks RUNNING trials FAIL
-  (`fail_stale_trials`). Optuna 5 offers heartbeats only for `RDBStorage`, not for
-  `JournalStorage`, so there is no live detection: the sweep assumes no worker is running, which the
-  workflow guarantees (collect runs after every worker job ended). A stale trial counts towards
-  `n_trials`, so a rerun worker runs only what is left.
+- A worker killed mid-trial leaves that trial RUNNING. Optuna 5 has heartbeats only for `RDBStorage`,
+  so a trial writes its own (`user_attrs["heartbeat"]`, every epoch). A worker waiting on it marks it
+  FAIL once its process is gone (same host) or its heartbeat is `heartbeat_timeout_min` old;
+  `collect_best`, which runs after every worker ended, marks any RUNNING trial FAIL
+  (`fail_stale_trials`). A stale trial counts towards `n_trials`, so a rerun worker runs only what
+  is left.
 - A trial that raises is recorded FAIL with the error in `user_attrs["error"]`; the worker goes on,
   unless its first `MAX_INITIAL_FAILURES` trials all failed (a broken config, not bad luck).
 
@@ -38,6 +47,7 @@ import logging
 import math
 import os
 import socket
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -47,7 +57,7 @@ from typing import Any, Callable, Iterator, Mapping
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from lyra.errors import ConfigError, LyraError
 from lyra.io import atomic_path, write_json
@@ -82,7 +92,7 @@ class TuneConfig:
     enabled: bool = True
     n_trials: int = 20  # total across all workers
     n_workers: int = 2
-    seed: int = 0  # campaign seed; worker k samples with worker_seed(seed, k)
+    seed: int = 0  # campaign seed; trial k samples and trains with trial_seed(seed, k)
     metric: str = "spearman"  # validation metric to optimise (never test)
     direction: str = "maximize"
     max_epochs: int = 30  # per trial
@@ -90,6 +100,7 @@ class TuneConfig:
     pruner: str = "median"  # median | none
     pruner_startup_trials: int = 5  # median pruner: no pruning before this many trials finished
     pruner_warmup_epochs: int = 5  # ... nor before this many epochs of the trial
+    heartbeat_timeout_min: float = 60.0  # a RUNNING trial silent this long is dead (one epoch must be shorter)
     search_space: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_SEARCH_SPACE)))
 
     def __post_init__(self) -> None:
@@ -97,6 +108,8 @@ class TuneConfig:
             _require_int(f"tune.{key}", getattr(self, key), minimum=0 if key == "pruner_startup_trials" else 1)
         _require_int("tune.pruner_warmup_epochs", self.pruner_warmup_epochs, minimum=0)
         _require_int("tune.seed", self.seed, minimum=0)
+        if not _is_number(self.heartbeat_timeout_min) or not self.heartbeat_timeout_min > 0:
+            raise ConfigError(f"tune.heartbeat_timeout_min: must be a number > 0, got {self.heartbeat_timeout_min!r}")
         if self.direction not in ("maximize", "minimize"):
             raise ConfigError(f"tune.direction: must be maximize or minimize, got {self.direction!r}")
         if self.pruner not in ("median", "none"):
@@ -308,17 +321,42 @@ def _in_space(value: Any, spec: Mapping[str, Any]) -> bool:
 # ---- the study ------------------------------------------------------------------------------------
 
 
-def worker_seed(seed: int, worker_index: int) -> int:
-    """Sampler seed of worker k: deterministic, distinct for distinct k (7919 is odd, so k -> 7919 k
-    is a bijection mod 2**32), and within numpy's seed range."""
-    return (seed * 1_000_003 + 7919 * worker_index + 1) % 2**32
+def trial_seed(seed: int, number: int) -> int:
+    """Seed of trial `number` (its sampler and its training): deterministic, distinct for distinct
+    numbers (7919 is odd, so k -> 7919 k is a bijection mod 2**31), whichever worker runs it."""
+    return (seed * 1_000_003 + 7919 * number + 1) % 2**31
 
 
-def make_pruner(tune_cfg: TuneConfig) -> optuna.pruners.BasePruner:
-    if tune_cfg.pruner == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=tune_cfg.pruner_startup_trials,
-                                       n_warmup_steps=tune_cfg.pruner_warmup_epochs)
+def should_prune(history: list[FrozenTrial], epoch: int, best_so_far: float, tune_cfg: TuneConfig) -> bool:
+    """Median rule over the completed trials of earlier batches (fixed when the trial starts, so the
+    decision does not depend on what other workers are doing): prune when the trial's best value so
+    far is worse than their median value at this epoch."""
+    if tune_cfg.pruner == "none" or epoch < tune_cfg.pruner_warmup_epochs:
+        return False
+    completed = [t for t in history if t.state == TrialState.COMPLETE]
+    if len(completed) < tune_cfg.pruner_startup_trials:
+        return False
+    at_epoch = [t.intermediate_values[epoch] for t in completed
+                if epoch in t.intermediate_values and math.isfinite(t.intermediate_values[epoch])]
+    if not at_epoch or not math.isfinite(best_so_far):
+        return False
+    median = statistics.median(at_epoch)
+    return best_so_far < median if tune_cfg.direction == "maximize" else best_so_far > median
+
+
+def sample_params(history: list[FrozenTrial], number: int, tune_cfg: TuneConfig) -> dict[str, Any]:
+    """Parameters of trial `number`: TPE seeded with trial_seed, fitted on `history` only."""
+    sampler = optuna.samplers.TPESampler(seed=trial_seed(tune_cfg.seed, number))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory" per trial
+    try:
+        scratch = optuna.create_study(direction=tune_cfg.direction, sampler=sampler)
+        scratch.add_trials([t for t in history if t.state in (TrialState.COMPLETE, TrialState.PRUNED)])
+        trial = scratch.ask()
+        suggest_params(trial, tune_cfg.search_space)
+        return dict(trial.params)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _storage(journal_path: str | os.PathLike) -> JournalStorage:
@@ -327,14 +365,15 @@ def _storage(journal_path: str | os.PathLike) -> JournalStorage:
     return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
 
 
-def open_study(journal_path: str | os.PathLike, study_name: str, direction: str, sampler_seed: int,
-               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Create or load the shared study (creation is race-free: the journal rejects a second one)."""
-    # TPE's constant liar (Optuna's default) treats RUNNING trials of the other workers as bad, so
-    # parallel workers spread out instead of sampling the same point.
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed)
+def open_study(journal_path: str | os.PathLike, study_name: str, direction: str) -> optuna.Study:
+    """Create or load the shared study (creation is race-free: the journal rejects a second one).
+
+    Every trial is enqueued with its parameters (see `sample_params`), so the study's own sampler
+    and pruner never decide anything.
+    """
     return optuna.create_study(storage=_storage(journal_path), study_name=study_name, direction=direction,
-                               sampler=sampler, pruner=pruner, load_if_exists=True)
+                               sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner(),
+                               load_if_exists=True)
 
 
 @contextlib.contextmanager
@@ -362,26 +401,77 @@ def _init_study(study: optuna.Study, journal_path: Path, tune_cfg: TuneConfig, m
         if recorded is None:
             study.set_user_attr(CONFIG_ATTR, mine)
         else:
-            for part, keys in (("tune", ("search_space", "metric", "direction")), ("model", None)):
+            # what decides the trials: a study resumed with other values would not be reproducible
+            keys = ("search_space", "metric", "direction", "seed", "n_workers", "pruner", "pruner_startup_trials",
+                    "pruner_warmup_epochs", "max_epochs", "patience")
+            for part, keys in (("tune", keys), ("model", None)):
                 a, b = recorded[part], mine[part]
                 if keys is not None:
                     a, b = {k: a.get(k) for k in keys}, {k: b.get(k) for k in keys}
                 if a != b:
+                    key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), part)
                     raise ConfigError(f"{journal_path}: study {study.study_name!r} was started with a different "
-                                      f"{part} config; delete the journal or use another study name")
+                                      f"{part} config ({part}.{key}); delete the journal or use another study name")
         if not study.get_trials(deepcopy=False):
             params = fixed_params(tune_cfg.search_space, model_cfg, train_cfg)
             study.enqueue_trial(params, user_attrs={"fixed": True})
             log.info("enqueued the config's parameters as trial 0: %s", params)
 
 
-def _ask_within_cap(study: optuna.Study, journal_path: Path, n_trials: int) -> optuna.Trial | None:
-    """A new (or the enqueued) trial, or None when the study already has n_trials trials."""
-    with _trial_lock(journal_path):
-        started = study.get_trials(deepcopy=False, states=FINISHED_OR_LIVE)
-        if len(started) >= n_trials:
-            return None
-        return study.ask()  # pops the WAITING fixed trial first, else creates one
+def _is_dead(t: FrozenTrial, timeout_s: float, now: float) -> str:
+    """Why RUNNING trial t has no live worker, or "" if it may still be running."""
+    if t.user_attrs.get("host") == socket.gethostname() and isinstance(t.user_attrs.get("pid"), int):
+        try:
+            os.kill(t.user_attrs["pid"], 0)
+        except ProcessLookupError:
+            return f"its worker (pid {t.user_attrs['pid']}) is gone"
+        except PermissionError:
+            pass  # someone else's process with that pid: fall back on the heartbeat
+    beat = t.user_attrs.get("heartbeat")
+    if beat is None:  # between ask and the first attribute write: give it the timeout from its start
+        beat = t.datetime_start.timestamp() if t.datetime_start else now
+    if now - float(beat) > timeout_s:
+        return f"no heartbeat for {(now - float(beat)) / 60:.0f} min"
+    return ""
+
+
+def _fail_trial(study: optuna.Study, t: FrozenTrial, why: str) -> None:
+    study._storage.set_trial_user_attr(t._trial_id, "error", f"stale: {why}")  # a trial this process does not own
+    study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    log.warning("trial %d (worker %s) marked FAIL: %s", t.number, t.user_attrs.get("worker"), why)
+
+
+def _next_trial(study: optuna.Study, journal_path: Path, tune_cfg: TuneConfig,
+                poll_s: float = 1.0) -> tuple[optuna.Trial, list[FrozenTrial]] | None:
+    """The next trial with its parameters enqueued, and the earlier batches it was sampled from; None
+    when the study already has n_trials trials. Waits while an earlier batch is still running."""
+    waited = False
+    while True:
+        with _trial_lock(journal_path):
+            trials = study.get_trials(deepcopy=False)
+            if sum(t.state in FINISHED_OR_LIVE for t in trials) >= tune_cfg.n_trials:
+                return None
+            if any(t.state == TrialState.WAITING for t in trials):
+                return study.ask(), []  # the fixed trial 0
+            number = len(trials)
+            history = trials[: number - number % tune_cfg.n_workers]  # the earlier batches
+            running = [t for t in history if not t.state.is_finished()]
+            if not running:
+                study.enqueue_trial(sample_params(history, number, tune_cfg))
+                trial = study.ask()
+                assert trial.number == number, (trial.number, number)
+                if waited:
+                    log.info("batch %d finished; starting trial %d", number // tune_cfg.n_workers - 1, number)
+                return trial, history
+            now = time.time()
+            for t in running:
+                why = _is_dead(t, tune_cfg.heartbeat_timeout_min * 60, now)
+                if why:
+                    _fail_trial(study, t, why)
+        if not waited:
+            log.info("trial %d waits for trials %s of the previous batch", number, [t.number for t in running])
+            waited = True
+        time.sleep(poll_s)
 
 
 TrainFn = Callable[..., Any]
@@ -415,20 +505,20 @@ def run_worker(dataset_path: str | os.PathLike, journal_path: str | os.PathLike,
     model_cfg = dict(model_cfg)
     dataset = load_dataset(dataset_path)
     _check_metric(tune_cfg.metric, dataset.meta)
-    sampler_seed = worker_seed(tune_cfg.seed, worker_index)
-    study = open_study(journal_path, study_name, tune_cfg.direction, sampler_seed, make_pruner(tune_cfg))
+    study = open_study(journal_path, study_name, tune_cfg.direction)
     _init_study(study, journal_path, tune_cfg, model_cfg, train_cfg)
-    log.info("worker %d (sampler seed %d) joined study %r in %s", worker_index, sampler_seed, study_name, journal_path)
+    log.info("worker %d joined study %r in %s", worker_index, study_name, journal_path)
 
     n_ran = n_failed = 0
     last_error = ""
     while True:
-        trial = _ask_within_cap(study, journal_path, tune_cfg.n_trials)
-        if trial is None:
+        nxt = _next_trial(study, journal_path, tune_cfg)
+        if nxt is None:
             break
+        trial, history = nxt
         n_ran += 1
-        state, error = _run_trial(trial, study, dataset, tune_cfg, model_cfg, train_cfg, worker_index,
-                                  sampler_seed, trials_dir, train_fn)
+        state, error = _run_trial(trial, history, study, dataset, tune_cfg, model_cfg, train_cfg, worker_index,
+                                  trials_dir, train_fn)
         if state == TrialState.FAIL:
             n_failed += 1
             last_error = error
@@ -441,19 +531,23 @@ def run_worker(dataset_path: str | os.PathLike, journal_path: str | os.PathLike,
     return n_ran
 
 
-def _run_trial(trial: optuna.Trial, study: optuna.Study, dataset: Any, tune_cfg: TuneConfig, model_cfg: dict,
-               train_cfg: Any, worker_index: int, sampler_seed: int, trials_dir: Any,
+def _run_trial(trial: optuna.Trial, history: list[FrozenTrial], study: optuna.Study, dataset: Any,
+               tune_cfg: TuneConfig, model_cfg: dict, train_cfg: Any, worker_index: int, trials_dir: Any,
                train_fn: TrainFn) -> tuple[TrialState, str]:
     """Train one model for this trial and tell the study how it ended."""
-    train_seed = (sampler_seed + 104_729 * trial.number) % 2**31  # per trial, from the worker's seed
-    for key, value in {"worker": worker_index, "sampler_seed": sampler_seed, "train_seed": train_seed,
-                       "host": socket.gethostname(), "pid": os.getpid()}.items():
+    seed = trial_seed(tune_cfg.seed, trial.number)
+    for key, value in {"worker": worker_index, "seed": seed, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}.items():
         trial.set_user_attr(key, value)
     started = time.monotonic()
+    best = -math.inf if tune_cfg.direction == "maximize" else math.inf
 
     def report(epoch: int, value: float) -> None:
+        nonlocal best
         trial.report(float(value), int(epoch))
-        if trial.should_prune():
+        trial.set_user_attr("heartbeat", time.time())
+        if math.isfinite(value):
+            best = max(best, value) if tune_cfg.direction == "maximize" else min(best, value)
+        if should_prune(history, int(epoch), best, tune_cfg):
             raise optuna.TrialPruned(f"pruned at epoch {epoch} ({tune_cfg.metric} {value:.4g})")
 
     try:
@@ -466,31 +560,43 @@ def _run_trial(trial: optuna.Trial, study: optuna.Study, dataset: Any, tune_cfg:
             Path(trials_dir).mkdir(parents=True, exist_ok=True)
         # The checkpoint is only the trial's scratch space: the train stage retrains the final models.
         with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-", dir=trials_dir) as tmp:
-            result = train_fn(dataset.frame, dataset.meta, trial_model, trial_train, seed=train_seed,
+            result = train_fn(dataset.frame, dataset.meta, trial_model, trial_train, seed=seed,
                               checkpoint_path=Path(tmp) / "trial.pt", report=report)
         value = float(result.best_valid[tune_cfg.metric])
         if not math.isfinite(value):
             raise LyraError(f"validation {tune_cfg.metric} is {value} (constant predictions?)")
         trial.set_user_attr("best_epoch", int(result.best_epoch))
     except optuna.TrialPruned as e:
-        trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
-        study.tell(trial, state=TrialState.PRUNED)
+        _tell(study, trial, started, TrialState.PRUNED)
         log.info("trial %d pruned: %s", trial.number, e)
         return TrialState.PRUNED, ""
     except Exception as e:  # noqa: BLE001 - any error fails the trial, not the worker
         error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-        trial.set_user_attr("error", error)
-        trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
-        study.tell(trial, state=TrialState.FAIL)
+        _tell(study, trial, started, TrialState.FAIL, error=error)
         log.warning("trial %d failed: %s", trial.number, error)
         return TrialState.FAIL, error
     except BaseException:  # KeyboardInterrupt, SystemExit: record, then stop the worker
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
-    trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
-    study.tell(trial, value)
+    _tell(study, trial, started, TrialState.COMPLETE, value=value)
     log.info("trial %d: %s %.4f (%s)", trial.number, tune_cfg.metric, value, params)
     return TrialState.COMPLETE, ""
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, started: float, state: TrialState, value: float | None = None,
+          error: str = "") -> None:
+    """Record how the trial ended, unless a waiting worker already declared it dead (then say so)."""
+    try:
+        if error:
+            trial.set_user_attr("error", error)
+        trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+    if study._storage.get_trial(trial._trial_id).state.is_finished():
+        log.warning("trial %d was marked FAIL by another worker (no heartbeat for heartbeat_timeout_min?); "
+                    "its result is dropped", trial.number)
+        return
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
 
 
 # ---- after the workers ----------------------------------------------------------------------------
@@ -508,21 +614,17 @@ def _load_study(journal_path: str | os.PathLike, study_name: str) -> optuna.Stud
 def fail_stale_trials(journal_path: str | os.PathLike, study_name: str = "lyra") -> list[int]:
     """Mark every RUNNING trial FAIL (its worker was killed); return their numbers.
 
-    Call only while no worker runs: with JournalStorage there is no heartbeat to tell a live trial
-    from a dead one.
+    Call only while no worker runs (the workflow's collect job runs after every worker job ended).
     """
     study = _load_study(journal_path, study_name)
-    storage = study._storage  # the user attr of a trial this process does not own needs the storage
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
-        storage.set_trial_user_attr(t._trial_id, "error", "stale: left RUNNING by a killed worker")
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        log.warning("trial %d was left RUNNING (worker %s killed?); marked FAIL", t.number, t.user_attrs.get("worker"))
+        _fail_trial(study, t, "left RUNNING by a killed worker")
     return [t.number for t in stale]
 
 
 def trials_table(study: optuna.Study):
-    """One row per trial: number, state, value, duration, worker, seeds, error, params_<name>."""
+    """One row per trial: number, state, value, duration, worker, seed, error, params_<name>."""
     import pandas as pd
 
     rows = []
@@ -531,15 +633,14 @@ def trials_table(study: optuna.Study):
         if duration is None and t.datetime_start and t.datetime_complete:
             duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 3)
         row = {"number": t.number, "state": t.state.name, "value": t.value, "duration_s": duration,
-               "worker": t.user_attrs.get("worker"), "sampler_seed": t.user_attrs.get("sampler_seed"),
-               "train_seed": t.user_attrs.get("train_seed"), "best_epoch": t.user_attrs.get("best_epoch"),
+               "worker": t.user_attrs.get("worker"), "seed": t.user_attrs.get("seed"),
+               "best_epoch": t.user_attrs.get("best_epoch"),
                "fixed": bool(t.user_attrs.get("fixed", False)), "error": t.user_attrs.get("error", "")}
         row.update({f"params_{k}": v for k, v in sorted(t.params.items())})
         rows.append(row)
-    columns = ["number", "state", "value", "duration_s", "worker", "sampler_seed", "train_seed", "best_epoch",
-               "fixed", "error"]
+    columns = ["number", "state", "value", "duration_s", "worker", "seed", "best_epoch", "fixed", "error"]
     frame = pd.DataFrame(rows, columns=None if rows else columns)
-    for c in ("worker", "sampler_seed", "train_seed", "best_epoch"):
+    for c in ("worker", "seed", "best_epoch"):
         if c in frame:
             frame[c] = frame[c].astype("Int64")
     return frame

@@ -33,6 +33,7 @@ if config["tune"]["enabled"]:
 rule tune_collect:
     input:
         cfg=stage_cfg("tune"),
+        dataset=res("data/dataset.parquet"),
         workers=expand(res("tune/worker{worker}.done"), worker=WORKERS) if config["tune"]["enabled"] else [],
     output:
         best=res("tune/best.json"),
@@ -48,5 +49,5 @@ rule tune_collect:
     conda:
         "../envs/lyra.yaml"
     shell:
-        "lyra tune-collect --config {input.cfg:q} --journal {params.journal:q} --best {output.best:q}"
-        " --trials {output.trials:q} > {log:q} 2>&1"
+        "lyra tune-collect --config {input.cfg:q} --dataset {input.dataset:q} --journal {params.journal:q}"
+        " --best {output.best:q} --trials {output.trials:q} > {log:q} 2>&1"

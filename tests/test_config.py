@@ -19,8 +19,9 @@ def test_demo_config_is_valid_and_gets_defaults():
     cfg = load_config(ROOT / "config" / "config.yaml")
     assert cfg["campaign"] == "cr6261_demo"
     assert cfg["train"]["batch_size"] == 64  # default filled in
-    assert cfg["rank"]["diversity"]["max_per_mutation"] == 24
-    assert cfg["rank"]["diversity"]["min_hamming"] is None
+    assert cfg["rank"]["diversity"]["max_per_mutation"] is None
+    assert cfg["rank"]["diversity"]["min_hamming"] == 2
+    assert cfg["data"]["max_mutations"] == 3 and cfg["rounds"]["dir"] == "rounds/cr6261_demo"
 
 
 def test_config_dir_schema_is_the_package_schema():

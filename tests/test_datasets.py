@@ -327,6 +327,24 @@ def test_rounds_are_appended_to_training(table, tmp_path):
         prepare_dataset(data_cfg(table), None, tmp_path / "r2", rounds=[round1])
 
 
+def test_max_mutations_keeps_the_low_order_variants_of_the_data_file_only(table, tmp_path):
+    round1 = tmp_path / "round1.csv"
+    round1.write_text("variant,score\nK2A:T3S:Y5F:I6V,9.0\n")  # 4 mutations: a round file is kept whole
+    prepare_dataset(data_cfg(table, max_mutations=1), {"method": "random", "seed": 1}, tmp_path / "out",
+                    rounds=[round1])
+    ds = load_dataset(tmp_path / "out" / "dataset.parquet")
+    full = pd.read_csv(table)
+    n_low = sum(v == "WT" or len(parse_mutations(v, WT)) <= 1 for v in full["variant"])
+    assert len(ds.frame) == n_low + 1 and "K2A:T3S:Y5F:I6V" in set(ds.frame.variant_id)
+    assert ds.frame.loc[ds.frame.variant_id != "K2A:T3S:Y5F:I6V", "n_mutations"].max() == 1
+    assert ds.meta["counts"]["variants_dropped_above_max_mutations"] == len(full) - n_low
+    assert "more mutations than data.max_mutations" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="data.wild_type: required with data.max_mutations"):
+        DataConfig.from_dict({"path": str(table), "sequence_column": "s", "target_column": "score", "max_mutations": 2})
+    with pytest.raises(ConfigError, match="data.max_mutations: must be >= 0"):
+        DataConfig.from_dict(data_cfg(table, max_mutations=-1))
+
+
 def test_failure_leaves_previous_outputs_untouched(table, tmp_path):
     out = tmp_path / "data"
     prepare_dataset(data_cfg(table), None, out)

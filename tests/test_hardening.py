@@ -524,7 +524,8 @@ def test_workflow_killed_during_training_resumes_without_redoing_finished_jobs(t
     spec.loader.exec_module(workflow)
     config = workflow.tiny_config(tmp_path, campaign="killed")
     cfg = yaml.safe_load(config.read_text())
-    cfg["train"].update(max_epochs=3, patience=3)  # no early stop: the killed member has epochs left
+    # no early stop, and long enough (232 variants in batches of 8) to be caught mid-run
+    cfg["train"].update(max_epochs=40, patience=40, batch_size=8)
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     out = tmp_path / "results" / "killed"
     cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
@@ -540,7 +541,7 @@ def test_workflow_killed_during_training_resumes_without_redoing_finished_jobs(t
         while not list((out / "models").glob(".seed*.resume.pt")):
             assert proc.poll() is None, f"snakemake ended before training started:\n{first_log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "training did not start in time"
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         if proc.poll() is None:
             jobs = _descendants(proc.pid)

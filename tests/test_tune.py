@@ -39,7 +39,7 @@ from lyra.tune import (
     run_worker,
     split_params,
     suggest_params,
-    worker_seed,
+    trial_seed,
 )
 
 TESTS = Path(__file__).resolve().parent
@@ -101,9 +101,10 @@ class StubTrain:
     """
 
     def __init__(self, epochs: int = 2, sleep: float = 0.0, fail_on=(), hang_on=(), bad_from=None,
-                 marker: str | None = None):
+                 marker: str | None = None, seed_noise: float = 0.0):
+        self.seed_noise = seed_noise  # value += seed_noise * (seed % 1000): the training seed matters
         self.epochs, self.sleep, self.fail_on, self.hang_on = epochs, sleep, set(fail_on), set(hang_on)
-        self.bad_from, self.marker, self.calls, self.epochs_run = bad_from, marker, 0, []
+        self.bad_from, self.marker, self.calls, self.epochs_run, self.seeds = bad_from, marker, 0, [], []
 
     @staticmethod
     def objective(model_cfg: dict, train_cfg: TrainConfig) -> float:
@@ -112,9 +113,10 @@ class StubTrain:
 
     def __call__(self, frame, meta, model_cfg, train_cfg, seed, checkpoint_path, resume_path=None, report=None):
         self.calls += 1
+        self.seeds.append(seed)
         assert set(frame["split"]) >= {"train", "valid"}
         Path(checkpoint_path).write_bytes(b"scratch")  # the worker must delete it
-        value = self.objective(model_cfg, train_cfg)
+        value = self.objective(model_cfg, train_cfg) + self.seed_noise * (seed % 1000)
         if self.bad_from is not None and self.calls >= self.bad_from:
             value = -1.0
         if self.calls in self.fail_on:
@@ -163,7 +165,7 @@ def spawn_worker(tmp: Path, dataset: Path, journal: Path, cfg: TuneConfig, worke
 
 
 def load(journal: Path) -> optuna.Study:
-    return open_study(journal, "lyra", "maximize", sampler_seed=0)
+    return open_study(journal, "lyra", "maximize")
 
 
 # ---- config and search space ------------------------------------------------------------------------
@@ -257,12 +259,12 @@ def test_fixed_params_are_the_config_values():
     assert "d_model" not in p and "d_state" not in p and "weight_decay" not in p and p["lr"] == 1e-3
 
 
-def test_worker_seeds_distinct_and_deterministic():
-    seeds = [worker_seed(7, k) for k in range(64)]
+def test_trial_seeds_distinct_and_deterministic():
+    seeds = [trial_seed(7, k) for k in range(64)]
     assert len(set(seeds)) == 64
-    assert seeds == [worker_seed(7, k) for k in range(64)]
-    assert worker_seed(8, 0) != worker_seed(7, 0)
-    assert all(0 <= s < 2**32 for s in seeds)
+    assert seeds == [trial_seed(7, k) for k in range(64)]
+    assert trial_seed(8, 0) != trial_seed(7, 0)
+    assert all(0 <= s < 2**31 for s in seeds)
 
 
 # ---- workers ----------------------------------------------------------------------------------------
@@ -286,8 +288,9 @@ def test_worker_runs_trials_fixed_first_and_cleans_up(tmp_path):
     for t in trials:
         assert t.value == pytest.approx(StubTrain.objective(t.params, TrainConfig(lr=t.params["lr"])))
         assert list(t.intermediate_values) == [1, 2]
-        assert t.user_attrs["worker"] == 0 and t.user_attrs["sampler_seed"] == worker_seed(0, 0)
-    assert len({t.user_attrs["train_seed"] for t in trials}) == 5
+        assert t.user_attrs["worker"] == 0 and t.user_attrs["seed"] == trial_seed(0, t.number)
+        assert t.user_attrs["heartbeat"] > 0
+    assert stub.seeds == [trial_seed(0, k) for k in range(5)]  # training used the trial's seed
     assert list((tmp_path / "trials").iterdir()) == []  # trial checkpoints deleted
 
 
@@ -341,7 +344,7 @@ def test_pruner_none_never_prunes(tmp_path):
     assert all(t.state == TrialState.COMPLETE for t in load(journal).trials)
 
 
-def _forked_worker(dataset, journal, cfg, worker, counts, barrier=None) -> None:
+def _forked_worker(dataset, journal, cfg, worker, counts, barrier=None, stub=None) -> None:
     if barrier is not None:  # race mode
         # a slow shared filesystem: every journal write takes 20 ms, which widens every race window
         from optuna.storages.journal import JournalFileBackend
@@ -350,17 +353,17 @@ def _forked_worker(dataset, journal, cfg, worker, counts, barrier=None) -> None:
         JournalFileBackend.append_logs = lambda self, logs: (time.sleep(0.02), append(self, logs))[1]
         barrier.wait(timeout=60)
     counts.put((worker, run_worker(dataset, journal, cfg, TINY_MODEL, TINY_TRAIN, worker,
-                                   train_fn=StubTrain(sleep=0.05))))
+                                   train_fn=StubTrain(**(stub or {"sleep": 0.05})))))
 
 
-def _run_forked(tmp_path, cfg, n_workers, race=False) -> list[int]:
+def _run_forked(tmp_path, cfg, n_workers, race=False, stub=None) -> list[int]:
     """n_workers forked processes on one journal; how many trials each ran. `race`: released at the
     same instant, on a slow filesystem."""
     dataset = write_dataset(tmp_path / "dataset.parquet")
     ctx = multiprocessing.get_context("fork")
     counts = ctx.Queue()
     sync = ctx.Barrier(n_workers) if race else None
-    procs = [ctx.Process(target=_forked_worker, args=(dataset, tmp_path / "journal.log", cfg, k, counts, sync))
+    procs = [ctx.Process(target=_forked_worker, args=(dataset, tmp_path / "journal.log", cfg, k, counts, sync, stub))
              for k in range(n_workers)]
     for p in procs:
         p.start()
@@ -390,9 +393,72 @@ def test_four_workers_share_one_journal(tmp_path):
     by_worker = {k: sum(t.user_attrs["worker"] == k for t in trials) for k in range(4)}
     assert list(by_worker.values()) == ran
     assert sum(n > 0 for n in ran) >= 2  # they really ran side by side
-    seeds = {t.user_attrs["worker"]: t.user_attrs["sampler_seed"] for t in trials}
-    assert all(seeds[k] == worker_seed(3, k) for k in seeds) and len(set(seeds.values())) == len(seeds)
+    assert all(t.user_attrs["seed"] == trial_seed(3, t.number) for t in trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 12  # no two workers sampled the same point
+
+
+def _outcome(journal: Path) -> list[tuple]:
+    """What a study decided, without who ran what or when."""
+    return [(t.number, t.state, t.params, t.value, t.intermediate_values, t.user_attrs["seed"])
+            for t in load(journal).trials]
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_parallel_workers_decide_exactly_what_one_worker_decides(tmp_path):
+    """Reproducibility: 3 workers racing on a slow filesystem, with uneven trial times and pruning,
+    give the same trials, parameters, values and pruning decisions as one worker running them all."""
+    cfg = tune_cfg(n_trials=12, n_workers=3, seed=5, pruner="median", pruner_startup_trials=2,
+                   pruner_warmup_epochs=1, max_epochs=3)
+    stub = {"epochs": 3, "sleep": 0.02, "seed_noise": 1e-4}
+    (tmp_path / "parallel").mkdir()
+    ran = _run_forked(tmp_path / "parallel", cfg, 3, race=True, stub=stub)
+    assert sum(ran) == 12 and sum(n > 0 for n in ran) >= 2
+    sequential = tmp_path / "sequential.log"
+    assert run_worker(write_dataset(tmp_path / "d.parquet"), sequential, cfg, TINY_MODEL, TINY_TRAIN, 0,
+                      train_fn=StubTrain(**stub)) == 12
+    assert _outcome(tmp_path / "parallel" / "journal.log") == _outcome(sequential)
+    states = [t.state for t in load(sequential).trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states  # the pruner took part
+    # another seed searches elsewhere
+    other = tmp_path / "other.log"
+    run_worker(write_dataset(tmp_path / "d2.parquet"), other, tune_cfg(**{**cfg.to_dict(), "seed": 6}), TINY_MODEL,
+               TINY_TRAIN, 0, train_fn=StubTrain(**stub))
+    assert [o[2] for o in _outcome(other)][1:] != [o[2] for o in _outcome(sequential)][1:]
+
+
+def test_batches_sample_only_from_earlier_batches(tmp_path):
+    """Trial k's parameters are a function of k and the trials of batches < k // n_workers only."""
+    from lyra.tune import sample_params
+
+    cfg = tune_cfg(n_trials=6, n_workers=3, seed=1)
+    journal = tmp_path / "journal.log"
+    run_worker(write_dataset(tmp_path / "d.parquet"), journal, cfg, TINY_MODEL, TINY_TRAIN, 0, train_fn=StubTrain())
+    trials = load(journal).trials
+    assert trials[2].params == sample_params([], 2, cfg)
+    assert trials[4].params == sample_params(trials[:3], 4, cfg)
+    assert trials[5].params == sample_params(trials[:3], 5, cfg) != trials[4].params
+
+
+def test_sampling_learns_from_history_after_the_startup_trials(tmp_path):
+    """Past TPE's 10 random startup trials, the history moves the next suggestion towards the optimum."""
+    from lyra.tune import sample_params
+
+    cfg = tune_cfg(n_trials=24, n_workers=1, seed=2)
+    journal = tmp_path / "journal.log"
+    run_worker(write_dataset(tmp_path / "d.parquet"), journal, cfg, TINY_MODEL, TINY_TRAIN, 0, train_fn=StubTrain())
+    trials = load(journal).trials
+    assert sample_params(trials[:20], 20, cfg) != sample_params(trials[:1], 20, cfg)
+    late = [abs(math.log10(t.params["lr"]) + 3) for t in trials[14:]]  # the stub peaks at lr = 1e-3
+    early = [abs(math.log10(t.params["lr"]) + 3) for t in trials[1:11]]
+    assert sum(late) / len(late) < sum(early) / len(early)
+
+
+def test_study_resumed_with_another_seed_is_refused(tmp_path):
+    dataset = write_dataset(tmp_path / "dataset.parquet")
+    journal = tmp_path / "journal.log"
+    run_worker(dataset, journal, tune_cfg(n_trials=2), TINY_MODEL, TINY_TRAIN, 0, train_fn=StubTrain())
+    with pytest.raises(ConfigError, match=r"different tune config \(tune.seed\)"):
+        run_worker(dataset, journal, tune_cfg(n_trials=4, seed=9), TINY_MODEL, TINY_TRAIN, 0, train_fn=StubTrain())
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
@@ -459,8 +525,8 @@ def test_collect_best_outputs(tmp_path):
     assert best["n_workers"] == 2 and best["metric"] == "spearman" and best["direction"] == "maximize"
 
     table = pd.read_csv(tmp_path / "trials.tsv", sep="\t")
-    assert list(table.columns[:10]) == ["number", "state", "value", "duration_s", "worker", "sampler_seed",
-                                        "train_seed", "best_epoch", "fixed", "error"]
+    assert list(table.columns[:9]) == ["number", "state", "value", "duration_s", "worker", "seed", "best_epoch",
+                                       "fixed", "error"]
     assert {"params_lr", "params_n_s4d", "params_d_model", "params_n_pgc"} <= set(table.columns)
     assert list(table["number"]) == list(range(6))
     assert table.loc[2, "state"] == "FAIL" and table.loc[2, "error"] == "RuntimeError: boom on call 3"
@@ -516,3 +582,39 @@ def test_real_training_end_to_end(tmp_path):
     best = collect_best(journal, tmp_path / "best.json", tmp_path / "trials.tsv")
     assert best["model"]["d_model"] == 8 and best["model"]["d_state"] == 4
     assert best["model"]["pgc_expansions"] == [0.5] + [2.0] * (best["best_params"]["n_pgc"] - 1)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_waiting_worker_fails_a_trial_whose_worker_died(tmp_path):
+    """No collect in between: the next worker finds the killed worker's trial RUNNING in the batch it
+    waits for, sees its process is gone (same host) and marks it FAIL instead of waiting forever."""
+    dataset = write_dataset(tmp_path / "dataset.parquet")
+    journal = tmp_path / "journal.log"
+    marker = tmp_path / "hanging"
+    cfg = tune_cfg(n_trials=4)
+    proc = spawn_worker(tmp_path, dataset, journal, cfg, 0, hang_on=[2], marker=str(marker))
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "worker never reached its second trial"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert run_worker(dataset, journal, cfg, TINY_MODEL, TINY_TRAIN, 1, train_fn=StubTrain()) == 2
+    trials = load(journal).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].user_attrs["error"] == f"stale: its worker (pid {proc.pid}) is gone"
+
+
+def test_silent_trial_on_another_host_is_failed_after_the_heartbeat_timeout(tmp_path):
+    dataset = write_dataset(tmp_path / "dataset.parquet")
+    journal = tmp_path / "journal.log"
+    run_worker(dataset, journal, tune_cfg(n_trials=2), TINY_MODEL, TINY_TRAIN, 0, train_fn=StubTrain())
+    study = load(journal)
+    ghost = study.ask()  # trial 2, "running" on a node that went away two hours ago
+    for key, value in {"host": "node-gone", "pid": 1, "heartbeat": time.time() - 7200}.items():
+        ghost.set_user_attr(key, value)
+    assert run_worker(dataset, journal, tune_cfg(n_trials=4), TINY_MODEL, TINY_TRAIN, 0, train_fn=StubTrain()) == 1
+    trials = load(journal).trials
+    assert trials[2].state == TrialState.FAIL and trials[2].user_attrs["error"] == "stale: no heartbeat for 120 min"
+    assert trials[3].state == TrialState.COMPLETE

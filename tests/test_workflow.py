@@ -1,4 +1,4 @@
-"""End to end: the demo campaign, shrunk, through Snakemake and through `lyra run`."""
+"""End to end: the demo campaign, shrunk, through Snakemake and through `lyra run`, for two rounds."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def tiny_config(tmp: Path, campaign: str = "tiny") -> Path:
     cfg["model"].update(d_model=16, d_state=8)
     cfg["train"].update(seeds=2, max_epochs=3, patience=2, batch_size=128)
     cfg["tune"].update(n_trials=2, n_workers=2, max_epochs=2, search_space={"d_model": 16, "d_state": 8, "n_pgc": {"type": "int", "low": 1, "high": 2}, "n_s4d": 1})
-    cfg["library"].update(positions=[28, 30, 58, 59], n_shards=2)
+    cfg["library"].update(n_shards=2)
     cfg["rank"].update(top_n=12)
     path = tmp / f"{campaign}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -76,6 +76,24 @@ def test_demo_campaign_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (other / "tiny" / "ranking.csv").read_bytes() == (out / "ranking.csv").read_bytes()
+
+    # Round 2: the (simulated) lab measures the 12 picks; the next run trains on them, offers others.
+    proc = subprocess.run([str(BIN / "lyra"), "simulate-round", "--config", str(config)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    round1 = tmp_path / "rounds" / "cr6261_demo" / "1"
+    assert (round1 / "ranking.csv").read_bytes() == (out / "ranking.csv").read_bytes()
+    measured = pd.read_csv(round1 / "measurements.csv")
+    assert len(measured) == 12 and list(measured.columns) == ["mutant", "fitness"]
+    before = pd.read_parquet(out / "data" / "dataset.parquet", columns=["variant_id"])
+    snakemake(tmp_path, config)
+    after = pd.read_parquet(out / "data" / "dataset.parquet", columns=["variant_id", "split"])
+    assert len(after) == len(before) + 12
+    assert set(measured["mutant"]) <= set(after.loc[after["split"] == "train", "variant_id"])
+    second = pd.read_csv(out / "ranking.csv")
+    assert len(second) == 12 and not set(second["variant_id"]) & set(ranking["variant_id"])
+    best = yaml.safe_load((out / "tune" / "best.json").read_text())
+    assert best["n_trials"] == 2  # a new study for the new data, not the finished one of round 1
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path):

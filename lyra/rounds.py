@@ -1,0 +1,109 @@
+"""Campaign rounds: what the lab measured after each ranking, and a stand-in lab for replays.
+
+A campaign with `rounds.dir: rounds/<campaign>` keeps one folder per round:
+
+    rounds/<campaign>/1/ranking.csv        what was ordered (the ranking that round came from)
+    rounds/<campaign>/1/measurements.csv   what the lab measured: the data file's columns
+
+The preprocess stage appends every `<n>/measurements.csv` to the training data, so the next run
+retrains on them, and the library excludes them (they are measured now).
+
+`simulate_round` plays the lab on a landscape that is already fully measured (a retrospective
+campaign, or the demo): it looks every pick up in the complete data file and writes the measurements
+the lab would have sent. Picks the landscape lacks are left out and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from lyra.config import campaign_dir, resolve_path
+from lyra.errors import ConfigError, DataError
+from lyra.io import atomic_path
+
+log = logging.getLogger("lyra.rounds")
+
+
+def rounds_root(config: Mapping[str, Any]) -> Path | None:
+    rdir = (config.get("rounds") or {}).get("dir")
+    return Path(resolve_path(rdir, config.get("_base_dir", "."))) if rdir else None
+
+
+def completed_rounds(root: Path) -> list[int]:
+    """Numbers n of the rounds with a `<n>/measurements.csv`, ascending."""
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir()
+                  if p.is_dir() and p.name.isdigit() and (p / "measurements.csv").is_file())
+
+
+def simulate_round(config: Mapping[str, Any], results: str | Path = "results", truth: str | Path | None = None,
+                   round_number: int | None = None) -> Path:
+    """Measure the campaign's current ranking in a complete landscape; return the measurements file.
+
+    `truth` is a fully measured data file in the data section's format (default: `data.path` itself,
+    read whole, without `data.max_mutations`). The round number defaults to the next one.
+    """
+    from lyra.datasets import load_dataset, prepare_dataset
+    from lyra.pipeline import data_config
+
+    root = rounds_root(config)
+    if root is None:
+        raise ConfigError("rounds.dir: required to record a round (e.g. rounds/<campaign>)")
+    ranking_csv = campaign_dir(config, str(results)) / "ranking.csv"
+    if not ranking_csv.is_file():
+        raise ConfigError(f"{ranking_csv}: no ranking yet; run the campaign first")
+    done = completed_rounds(root)
+    n = round_number if round_number is not None else (done[-1] + 1 if done else 1)
+    if n < 1:
+        raise ConfigError(f"round: must be >= 1, got {n}")
+    out_dir = root / str(n)
+    if (out_dir / "measurements.csv").exists():
+        raise ConfigError(f"{out_dir / 'measurements.csv'}: round {n} is already recorded; delete it to redo it")
+
+    data = data_config(config)
+    data["max_mutations"] = None  # the whole landscape
+    if truth is not None:
+        data["path"] = str(truth)
+    with tempfile.TemporaryDirectory(prefix="lyra-truth-") as tmp:
+        landscape = load_dataset(prepare_dataset(data, {"method": "random"}, tmp)).frame
+    value_of = landscape.set_index("sequence")
+
+    picks = pd.read_csv(ranking_csv)
+    for col in ("variant_id", "sequence"):
+        if col not in picks.columns:
+            raise DataError(f"column {col!r} missing: not a lyra ranking", str(ranking_csv))
+    found = picks["sequence"].isin(value_of.index).to_numpy()
+    if not found.any():
+        raise DataError(f"none of the {len(picks)} picks is in the landscape {data['path']}", str(ranking_csv))
+    hits = picks.loc[found]
+    rows = pd.DataFrame(index=range(len(hits)))
+    if data.get("id_column"):
+        rows[data["id_column"]] = hits["variant_id"].to_numpy()
+    if data.get("mutations_column"):
+        if "mutations" not in hits.columns or hits["mutations"].isna().any():
+            raise DataError("a pick has no mutation string; give the data file a sequence_column", str(ranking_csv))
+        rows[data["mutations_column"]] = hits["mutations"].replace("", "WT").to_numpy()
+    if data.get("sequence_column") or not data.get("mutations_column"):
+        rows[data.get("sequence_column") or "sequence"] = hits["sequence"].to_numpy()
+    targets = data["target_column"] if isinstance(data["target_column"], list) else [data["target_column"]]
+    for t in targets:
+        rows[t] = value_of.loc[hits["sequence"], t].to_numpy()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "ranking.csv") as tmp_ranking:
+        shutil.copyfile(ranking_csv, tmp_ranking)
+    with atomic_path(out_dir / "measurements.csv") as tmp_csv:
+        rows.to_csv(tmp_csv, index=False)
+    missing = int((~found).sum())
+    first = targets[0]
+    log.info("round %d: %d of %d picks measured (%d not in the landscape); %s: best %.4g, mean %.4g; "
+             "landscape best %.4g", n, len(rows), len(picks), missing, first, rows[first].max(), rows[first].mean(),
+             landscape[first].max())
+    return out_dir / "measurements.csv"
