@@ -291,8 +291,9 @@ def test_inference_pieces_equal_whole_batch(kwargs):
     mask[3, 40:] = False
     with torch.enable_grad():  # autograd on: one piece, no cache
         whole = model(x, mask)
-    for chunk in (10, 64, 100, 700, 3000):  # windows (even narrower than the halo), and slices of sequences
-        model.inference_chunk = chunk
+    # slices of sequences, and windows along L (even narrower than the halo)
+    for chunk, window in ((10, 1), (64, 5), (100, 64), (700, 100), (3000, 8192)):
+        model.inference_chunk, model.inference_window = chunk, window
         with torch.no_grad():
             torch.testing.assert_close(model(x, mask), whole, rtol=1e-4, atol=1e-5)
 
