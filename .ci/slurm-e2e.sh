@@ -159,9 +159,8 @@ python - "$OUT" "results/$LOCAL" "results/$REMOTE" \
   1e-9 relative. The runs use the same seeds, code and thread count (OMP_NUM_THREADS = threads: 2 in
   both), so the floats should agree to the last bit; the tolerance only forgives the printing of a
   float, while a real difference (another seed, split or model) moves metrics at 1e-3 or more.
-  best.json's objective value is left out: it comes from a tuning trial trained with the seed of
-  the worker that ran it, and which of the two worker jobs runs trial 0 is up to the scheduler
-  (observed: worker 1 locally, worker 0 on SLURM). So are wall times.
+  best.json's objective value is compared too: a trial's parameters and training seed depend on
+  its number, not on which worker job ran it (lyra/tune.py). Wall times are left out.
 - models/seed<k>.pt: every weight tensor exactly equal (the ensemble behind the ranking), and
   library/scores.parquet: every per-model score of every library variant exactly equal (its
   metadata names the checkpoint paths, which contain the campaign name, so only the table counts).
@@ -183,7 +182,7 @@ GPU_RULES = {"tune_worker", "train", "score_shard"}
 LOCAL_RULES = {"all", "stage_config"}
 # Keys that describe the run, not its result: wall times, the tuning trial's own score (see above),
 # and the Optuna study name, a hash of the tune config that includes the campaign name.
-VOLATILE = {"best_value", "study_name", "seconds", "wall_s", "duration_s", "started", "finished", "host"}
+VOLATILE = {"study_name", "seconds", "wall_s", "duration_s", "started", "finished", "host"}
 problems, checks = [], {}
 
 
