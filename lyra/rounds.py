@@ -103,7 +103,13 @@ def simulate_round(config: Mapping[str, Any], results: str | Path = "results", t
         rows.to_csv(tmp_csv, index=False)
     missing = int((~found).sum())
     first = targets[0]
-    log.info("round %d: %d of %d picks measured (%d not in the landscape); %s: best %.4g, mean %.4g; "
-             "landscape best %.4g", n, len(rows), len(picks), missing, first, rows[first].max(), rows[first].mean(),
-             landscape[first].max())
+    log.info("round %d: %d of %d picks measured (%d not in the landscape); %s of the picks: best %.4g, mean %.4g",
+             n, len(rows), len(picks), missing, first, rows[first].max(), rows[first].mean())
+    dataset = campaign_dir(config, str(results)) / "data" / "dataset.parquet"
+    if dataset.is_file():  # what the picks were chosen from: the landscape minus what was measured
+        measured = set(pd.read_parquet(dataset, columns=["sequence"])["sequence"])
+        pool = landscape.loc[~landscape["sequence"].isin(measured), first]
+        if len(pool):
+            log.info("for comparison, the %d unmeasured landscape variants: mean %.4g, best %.4g; the best %d of "
+                     "them: mean %.4g", len(pool), pool.mean(), pool.max(), len(rows), pool.nlargest(len(rows)).mean())
     return out_dir / "measurements.csv"

@@ -18,7 +18,7 @@ MINIMAL = {"campaign": "c1", "data": {"path": "x.csv", "target_column": "y"}}
 def test_demo_config_is_valid_and_gets_defaults():
     cfg = load_config(ROOT / "config" / "config.yaml")
     assert cfg["campaign"] == "cr6261_demo"
-    assert cfg["train"]["batch_size"] == 64  # default filled in
+    assert cfg["train"]["batch_size"] == 32 and cfg["train"]["lr"] == 1e-3  # set, and a default filled in
     assert cfg["rank"]["diversity"]["max_per_mutation"] is None
     assert cfg["rank"]["diversity"]["min_hamming"] == 2
     assert cfg["data"]["max_mutations"] == 3 and cfg["rounds"]["dir"] == "rounds/cr6261_demo"
