@@ -233,7 +233,7 @@ def render(info: dict, tput: list[dict], lat: list[dict], lat_setting: str, comm
     lines += [
         "",
         "Process settings: *default* = torch as installed; *tuned* = `OMP_WAIT_POLICY=PASSIVE` and glibc "
-        "`mallopt(M_TRIM_THRESHOLD=1 GB, M_MMAP_THRESHOLD=32 MB)` (see the script's docstring). Sequences per "
+        "`mallopt(M_TRIM_THRESHOLD=1 GB, M_MMAP_THRESHOLD=32 MB)` (see the script's docstring): what every `lyra` command sets for itself. Sequences per "
         "CPU-second = batch / (user + system CPU time of the process, all threads): the cost of the work "
         "whatever else runs; with n idle cores the wall-clock rate can reach up to about n times it. "
         f"Peak memory = peak resident set during the calls minus the resident set just before them ({method}), "

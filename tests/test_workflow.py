@@ -26,6 +26,8 @@ def tiny_config(tmp: Path, campaign: str = "tiny") -> Path:
     cfg["tune"].update(n_trials=2, n_workers=2, max_epochs=2, search_space={"d_model": 16, "d_state": 8, "n_pgc": {"type": "int", "low": 1, "high": 2}, "n_s4d": 1})
     cfg["library"].update(n_shards=2)
     cfg["rank"].update(top_n=12)
+    # absolute, so that no run reads the rounds of a demo run in the repository
+    cfg["rounds"]["dir"] = str(tmp / "rounds" / "cr6261_demo")
     path = tmp / f"{campaign}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -73,7 +75,7 @@ def test_demo_campaign_end_to_end(tmp_path):
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     other = tmp_path / "other"
     proc = subprocess.run([str(BIN / "lyra"), "run", "--config", str(config), "--results", str(other)],
-                          capture_output=True, text=True, timeout=900)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (other / "tiny" / "ranking.csv").read_bytes() == (out / "ranking.csv").read_bytes()
 
