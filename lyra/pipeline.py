@@ -214,22 +214,45 @@ def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: 
     return Path(csv)
 
 
+def _measurements_changed(config: Mapping[str, Any], dataset: Path) -> bool:
+    """Do the data file and round files differ (by path or content) from those dataset.parquet was made from?"""
+    import pyarrow.parquet as pq
+
+    from lyra.datasets import file_sha256
+
+    try:
+        meta = json.loads(pq.read_schema(dataset).metadata[b"lyra"])
+        made_from = [(s["path"], s["sha256"]) for s in meta["sources"]]
+    except (OSError, KeyError, TypeError, ValueError):
+        return True  # unreadable or foreign: make it again
+    now = [Path(p).resolve() for p in [data_config(config)["path"], *round_files(config)]]
+    return made_from != [(str(p), file_sha256(p)) for p in now]
+
+
 def run_campaign(config: Mapping[str, Any], results: str | Path = "results", config_files: tuple[str, ...] = ()) -> Path:
-    """All stages in one process (no Snakemake): same files as the workflow, reused when present."""
+    """All stages in one process (no Snakemake): same files as the workflow, reused when present and
+    made from the same measurement files."""
     root = Path(results) / config["campaign"] if results else campaign_dir(config)
     check_campaign(config)
     timings: dict[str, float] = {}
+    dataset = root / "data" / "dataset.parquet"
+    # Once a stage runs, every later one runs too (its inputs are new). The measurements decide the
+    # first: a new round file, or an edited data file, reruns the whole campaign.
+    rerun = dataset.exists() and _measurements_changed(config, dataset)
+    if rerun:
+        log.warning("%s was made from other measurement files (a new round?): every stage runs again", dataset)
 
     def stage(name: str, fn, *outputs: Path) -> None:
-        if all(Path(o).exists() for o in outputs):
+        nonlocal rerun
+        if not rerun and all(Path(o).exists() for o in outputs):
             log.info("%s: outputs exist, skipped", name)
             return
+        rerun = True
         t0 = time.perf_counter()
         log.info("%s ...", name)
         fn()
         timings[name] = round(time.perf_counter() - t0, 3)
 
-    dataset = root / "data" / "dataset.parquet"
     stage("preprocess", lambda: preprocess(config, root / "data"), dataset)
     journal, best, trials = root / "tune" / "journal.log", root / "tune" / "best.json", root / "tune" / "trials.tsv"
 

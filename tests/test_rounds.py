@@ -92,3 +92,18 @@ def test_simulate_round_errors_name_the_problem(campaign, tmp_path, capsys):
     assert main(["simulate-round", "--config", "campaign.yaml"]) == 2
     assert "ranking.csv: no ranking yet" in capsys.readouterr().err
     assert not Path("rounds/toy/1").exists()
+
+
+def test_lyra_run_notices_new_measurements(campaign, tmp_path):
+    """`lyra run` reuses outputs only while the measurement files are the ones the dataset was made from."""
+    from lyra.pipeline import _measurements_changed
+
+    config, root = campaign
+    dataset = pipeline.preprocess(config, root / "data")
+    assert not _measurements_changed(config, dataset)
+    simulate_round(config)  # a new round file
+    assert _measurements_changed(config, dataset)
+    dataset = pipeline.preprocess(config, root / "data")
+    assert not _measurements_changed(config, dataset)
+    Path("landscape.csv").write_text(Path("landscape.csv").read_text().replace("WT,1.0", "WT,1.5"))  # data edited
+    assert _measurements_changed(config, dataset)
