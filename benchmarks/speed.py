@@ -29,7 +29,6 @@ docs/benchmarks.md with the printed report (other sections are kept).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import json
 import os
@@ -83,16 +82,6 @@ def one_hot(batch: int, length: int, seed: int = 0) -> torch.Tensor:
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def tune_malloc() -> bool:
-    """glibc: keep up to 1 GB of freed heap and serve blocks up to 32 MB from it (no re-faulting)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20))
 
 
 def cpu_seconds() -> float:
@@ -297,7 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats or (2 if args.quick else 5)
     if args.child:  # inside a fresh process
         if not args.no_tuning:
-            tune_malloc()
+            from lyra.cli import keep_freed_memory  # the setting every `lyra` command makes
+
+            keep_freed_memory()
         what, *rest = args.child
         result = throughput(int(rest[0]), int(rest[1]), repeats) if what == "throughput" else \
             latency(rest[0], int(rest[1]), max(1, min(repeats, 3)))

@@ -21,9 +21,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """glibc: keep up to 1 GB of freed heap and serve blocks up to 32 MB from it, so the same-sized
-    tensors of every scoring batch are not page-faulted in afresh (benchmarks/speed.py, "tuned")."""
+    tensors of every scoring batch are not page-faulted in afresh (benchmarks/speed.py's "tuned"
+    setting calls this too)."""
     import ctypes
 
     try:
@@ -34,7 +35,7 @@ def _keep_freed_memory() -> None:
         pass
 
 
-_keep_freed_memory()
+keep_freed_memory()
 
 from lyra import pipeline
 from lyra.config import load_config, parse_overrides

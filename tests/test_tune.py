@@ -473,21 +473,27 @@ def test_simultaneous_start_respects_cap_and_enqueues_once(tmp_path):
         assert [bool(t.user_attrs.get("fixed")) for t in trials] == [True, False]
 
 
+def kill_worker_mid_trial(tmp_path, dataset: Path, journal: Path, cfg: TuneConfig, call: int) -> int:
+    """A worker in its own process hangs in its `call`-th trial and is SIGKILLed there; its pid."""
+    marker = tmp_path / "hanging"
+    proc = spawn_worker(tmp_path, dataset, journal, cfg, 0, hang_on=[call], marker=str(marker))
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, f"worker never reached trial call {call}"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    return proc.pid
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_killed_worker_leaves_study_usable(tmp_path):
     """Issue 7: SIGKILL mid-trial; collect fails the RUNNING trial, still finds the best; a new worker goes on."""
     dataset = write_dataset(tmp_path / "dataset.parquet")
     journal = tmp_path / "journal.log"
-    marker = tmp_path / "hanging"
     cfg = tune_cfg(n_trials=5)
-    proc = spawn_worker(tmp_path, dataset, journal, cfg, 0, hang_on=[3], marker=str(marker))
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "worker never reached its third trial"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    kill_worker_mid_trial(tmp_path, dataset, journal, cfg, call=3)
     trials = load(journal).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING]
 
@@ -590,20 +596,12 @@ def test_waiting_worker_fails_a_trial_whose_worker_died(tmp_path):
     waits for, sees its process is gone (same host) and marks it FAIL instead of waiting forever."""
     dataset = write_dataset(tmp_path / "dataset.parquet")
     journal = tmp_path / "journal.log"
-    marker = tmp_path / "hanging"
     cfg = tune_cfg(n_trials=4)
-    proc = spawn_worker(tmp_path, dataset, journal, cfg, 0, hang_on=[2], marker=str(marker))
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "worker never reached its second trial"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    pid = kill_worker_mid_trial(tmp_path, dataset, journal, cfg, call=2)
     assert run_worker(dataset, journal, cfg, TINY_MODEL, TINY_TRAIN, 1, train_fn=StubTrain()) == 2
     trials = load(journal).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert trials[1].user_attrs["error"] == f"stale: its worker (pid {proc.pid}) is gone"
+    assert trials[1].user_attrs["error"] == f"stale: its worker (pid {pid}) is gone"
 
 
 def test_silent_trial_on_another_host_is_failed_after_the_heartbeat_timeout(tmp_path):
