@@ -69,8 +69,8 @@ SETTINGS["one_vs_rest"] = Setting(GB1_MODEL, {**GB1_TRAIN, "batch_size": 8, "max
 # low_vs_high: rank_gauss validated better (0.828 vs 0.815) and the model overfits after ~10-35 epochs
 SETTINGS["low_vs_high"] = Setting(GB1_MODEL, {**GB1_TRAIN, "max_epochs": 40, "patience": 15,
                                               "target_transform": "rank_gauss"})
-# GFP (L = 237): optimiser steps and width matter most (on a 6,000-row subsample, valid Spearman 0.37 at
-# batch 128, 0.54 at 32, 0.59 at 16 with d_model 32; 0.70 with d_model 64 at batch 32; lr 5e-3 diverged)
+# GFP (L = 237): more optimiser steps and more width looked best in session 1's exploratory runs on a
+# 6,000-row subsample (a script not in the repository); this setting has not been run in full.
 SETTINGS["gfp_standard"] = Setting(
     GB1_MODEL, {"max_epochs": 12, "patience": 4, "batch_size": 32, "lr": 2e-3, "target_transform": "standardize"},
 )
