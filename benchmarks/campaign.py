@@ -11,6 +11,7 @@ Methods:
   train/valid split of the N variants), the candidates scored with `lyra.rank.score_shard` over the GB1
   combinatorial library with the training and never-measured variants excluded, and picked with
   `lyra.rank.rank_variants` (UCB + diversity): the same code path as `lyra score` / `lyra rank`.
+  `--prior independent|potts` adds the evolutionary prior term fit on `GB1_Alignment.a2m` (lyra/prior.py).
 
     python benchmarks/campaign.py --seeds 10 --n-train 384 --out campaign.json
 """
@@ -97,6 +98,11 @@ def lyra_campaign(gb1: pd.DataFrame, wt: str, train: np.ndarray, args, workdir: 
                             selection_metric=args.selection, device="cpu", scheduler="cosine")
     checkpoints = []
     t0 = time.perf_counter()
+    table = None
+    if args.prior != "none":
+        from lyra.prior import prior_table
+
+        table = prior_table({"msa": str(DATA / "GB1_Alignment.a2m"), "model": args.prior}, wt, AA)
     for m in range(args.members):
         rng = np.random.default_rng([seed, m])
         valid = np.zeros(len(train), dtype=bool)
@@ -104,7 +110,7 @@ def lyra_campaign(gb1: pd.DataFrame, wt: str, train: np.ndarray, args, workdir: 
         frame = pd.DataFrame({"variant_id": train_frame["variant"].to_numpy(), "sequence": train_frame["sequence"].to_numpy(),
                               "fitness": y, "split": np.where(valid, "valid", "train")})
         path = workdir / f"seed{seed}_m{m}.pt"
-        train_model(frame, meta, model_cfg, train_cfg, seed=1000 * seed + m, checkpoint_path=path)
+        train_model(frame, meta, model_cfg, train_cfg, seed=1000 * seed + m, checkpoint_path=path, prior_table=table)
         checkpoints.append(path)
     t_train = time.perf_counter() - t0
 
@@ -188,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", default="raw", help="raw | log<eps> | sqrt: applied before training")
     ap.add_argument("--train-transform", default="standardize", help="train.target_transform")
     ap.add_argument("--selection", default="spearman", help="train.selection_metric")
+    ap.add_argument("--prior", default="none", choices=["none", "independent", "potts"],
+                    help="Lyra's evolutionary prior term from GB1_Alignment.a2m")
     ap.add_argument("--valid-fraction", type=float, default=0.1)
     ap.add_argument("--score-batch", type=int, default=512)
     # acquisition

@@ -25,8 +25,8 @@ PACKAGE_SCHEME = "package://"
 # Which config sections each stage reads; a stage reruns only when its own sections change.
 STAGE_SECTIONS = {
     "preprocess": ("campaign", "seed", "data", "split", "rounds"),
-    "tune": ("campaign", "seed", "model", "train", "tune"),
-    "train": ("campaign", "seed", "model", "train"),
+    "tune": ("campaign", "seed", "model", "train", "tune", "prior"),
+    "train": ("campaign", "seed", "model", "train", "prior"),
     "score": ("campaign", "seed", "library", "train"),  # train.device
     "rank": ("campaign", "seed", "library", "rank"),
     "report": ("campaign", "seed", "report"),

@@ -70,6 +70,9 @@ def input_records(config: Mapping[str, Any], config_files: Sequence[str | os.Pat
                             "bytes": len(str(wt)), "inline": True})
     for path in _tolerant(lambda: pipeline.round_files(config), []):
         records.append(file_record(f"round {Path(path).parent.name}", path))
+    msa = _tolerant(lambda: pipeline.prior_msa(config), None)
+    if msa:
+        records.append(file_record("prior msa", msa))
     if config.get("library"):
         lib = _tolerant(lambda: pipeline.library_section(config), dict(config["library"]))
         for key in ("path", "spec"):

@@ -6,6 +6,7 @@ Follows the authors' architecture (see /work/shared/lyra-notes.md section 2):
     x = PGC(0.25)(x); x = PGC(2.0)(x)                 # no residual around the PGCs
     x = x + Dropout(S4D(RMSNorm(x)))                  # pre-norm residual, n_s4d times
     y = Linear(d_model -> d_output)(pool(x))          # masked mean/max/first pool, or per token
+    y = y + beta * (sum_l u_l . S_l - mu) / sigma      # optional evolutionary prior (lyra/prior.py)
 
 and goes further where the issue asks: padding masks, any number of PGC/S4D layers, a bidirectional
 S4D, other pooling, a token-level head, an optimiser helper that gives the SSM parameters their own
@@ -53,6 +54,7 @@ class LyraConfig:
     ssm_lr: float = 1e-3  # learning rate of log_dt and A (configure_optimizer)
     dt_min: float = 1e-3
     dt_max: float = 1e-1
+    prior_length: int = 0  # positions of a fixed per-site prior table S (0: no prior term)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -77,6 +79,8 @@ class LyraConfig:
             raise ConfigError(f"model.dt_min/dt_max: need 0 < dt_min < dt_max, got {self.dt_min}, {self.dt_max}")
         if self.ssm_lr <= 0:
             raise ConfigError(f"model.ssm_lr: must be > 0, got {self.ssm_lr}")
+        if self.prior_length < 0 or (self.prior_length and self.token_level):
+            raise ConfigError(f"model.prior_length: must be >= 0 and 0 with token_level, got {self.prior_length}")
 
     def _check_types(self) -> None:
         def bad(key: str, want: str) -> ConfigError:
@@ -85,7 +89,7 @@ class LyraConfig:
         def number(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-        for key in ("d_input", "d_output", "d_model", "d_state", "n_s4d", "kernel_size"):
+        for key in ("d_input", "d_output", "d_model", "d_state", "n_s4d", "kernel_size", "prior_length"):
             if not isinstance(getattr(self, key), int) or isinstance(getattr(self, key), bool):
                 raise bad(key, "an integer")
         for key in ("dropout", "ssm_lr", "dt_min", "dt_max"):
@@ -374,6 +378,14 @@ class Lyra(nn.Module):
         self.pgcs = nn.ModuleList(PGC(cfg.d_model, r, cfg.kernel_size) for r in cfg.pgc_expansions)
         self.s4ds = nn.ModuleList(S4DBlock(cfg) for _ in range(cfg.n_s4d))
         self.decoder = nn.Linear(cfg.d_model, cfg.d_output)
+        if cfg.prior_length:
+            # Evolutionary prior: a fixed table S (L, d_input) of per-site scores from homologs,
+            # standardised on the training variants (mu, sigma) and scaled by a learned beta per output.
+            # With a few hundred measured variants the network learns what the family does not know.
+            self.register_buffer("prior_table", torch.zeros(cfg.prior_length, cfg.d_input))  # (L, C)
+            self.register_buffer("prior_mu", torch.zeros(()))
+            self.register_buffer("prior_sigma", torch.ones(()))
+            self.prior_beta = nn.Parameter(torch.zeros(cfg.d_output))  # (d_output,)
 
     @classmethod
     def from_config(cls, cfg: LyraConfig | Mapping[str, Any]) -> "Lyra":
@@ -403,13 +415,24 @@ class Lyra(nn.Module):
         masks = mask.split(step) if mask is not None else [None] * -(-B // step)
         return torch.cat([self._forward(xs, ms, W) for xs, ms in zip(x.split(step), masks)])
 
+    def prior(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised prior score of one-hot sequences x (B, L, d_input) -> (B,)."""
+        if x.shape[1] != self.config.prior_length:
+            raise ValueError(f"the prior covers sequences of length {self.config.prior_length}, got length {x.shape[1]}")
+        s = torch.einsum("blc,lc->b", x, self.prior_table.to(x.dtype))  # (B,)
+        return (s - self.prior_mu) / self.prior_sigma  # (B,)
+
     def _forward(self, x: torch.Tensor, mask: torch.Tensor | None, W: int | None) -> torch.Tensor:
+        u = x
         x = self._local(x, mask, W)  # (B, L, H)
         for block in self.s4ds:
             x = block(x, mask, None if self.training else W)  # (B, L, H); dropout masks span all of L
         if self.config.token_level:
             return _zero_padding(self.decoder(x), mask)  # (B, L, d_output)
-        return self.decoder(self.pool(x, mask))  # (B, d_output)
+        y = self.decoder(self.pool(x, mask))  # (B, d_output)
+        if self.config.prior_length:
+            y = y + self.prior(u).unsqueeze(-1) * self.prior_beta  # (B, d_output)
+        return y
 
     def _local(self, u: torch.Tensor, mask: torch.Tensor | None, W: int | None) -> torch.Tensor:
         """Encoder and PGC layers, (B, L, d_input) -> (B, L, H), whole or in windows of W positions.

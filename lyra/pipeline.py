@@ -34,7 +34,28 @@ def study_name(config: Mapping[str, Any], dataset: str | Path) -> str:
     sub.pop("_base_dir", None)
     digest = hashlib.sha256(json.dumps(sub, sort_keys=True).encode())
     digest.update(file_sha256(dataset).encode())
+    msa = prior_msa(config)
+    if msa is not None:  # a new alignment is a new prior: a new study
+        digest.update(file_sha256(msa).encode())
     return f"{config['campaign']}-{digest.hexdigest()[:12]}"
+
+
+def prior_msa(config: Mapping[str, Any]) -> str | None:
+    """The prior's alignment path, resolved like the data paths; None without a prior."""
+    msa = (config.get("prior") or {}).get("msa")
+    return resolve_path(msa, config.get("_base_dir", ".")) if msa else None
+
+
+def prior_table(config: Mapping[str, Any], meta: Mapping[str, Any]):
+    """The model's per-site prior table for this dataset (lyra/prior.py), or None without `prior.msa`."""
+    msa = prior_msa(config)
+    if msa is None:
+        return None
+    from lyra.alphabet import get_alphabet
+    from lyra.prior import prior_table as fit_table
+
+    log.info("prior: fitting the %s model on %s", config["prior"].get("model", "independent"), msa)
+    return fit_table({**config["prior"], "msa": msa}, meta.get("wild_type"), get_alphabet(meta["alphabet"]).letters)
 
 
 def data_config(config: Mapping[str, Any]) -> dict:
@@ -82,6 +103,15 @@ def check_campaign(config: Mapping[str, Any]) -> None:
     SplitConfig.from_dict(config["split"])
     round_files(config)
     wt = read_wild_type(data["wild_type"]) if data.get("wild_type") else None
+    msa = prior_msa(config)
+    if msa is not None:
+        from lyra.prior import locate_focus, read_a2m
+
+        if wt is None:
+            raise ConfigError("prior.msa: the prior scores variants of a wild type; set data.wild_type")
+        if not Path(msa).is_file():
+            raise ConfigError(f"prior.msa: no such file: {msa}")
+        locate_focus(read_a2m(msa)[0], wt, msa)
     lib = LibraryConfig.from_dict(library_section(config))
     if wt is not None or lib.kind == "file":
         n = library_size(lib, wt, data.get("first_position", 1), data.get("alphabet", "protein"))
@@ -106,10 +136,12 @@ def preprocess(config: Mapping[str, Any], out_dir: str | Path) -> Path:
 def tune_worker(config: Mapping[str, Any], dataset: str | Path, journal: str | Path, worker: int) -> int:
     from lyra.tune import TuneConfig, run_worker
 
+    from lyra.datasets import load_dataset
+
     tune_cfg = TuneConfig.from_dict({**config["tune"], "seed": config["seed"]})
     return run_worker(
         dataset, journal, tune_cfg, dict(config["model"]), dict(config["train"]), worker,
-        study_name=study_name(config, dataset),
+        study_name=study_name(config, dataset), prior_table=prior_table(config, load_dataset(dataset).meta),
     )
 
 
@@ -143,7 +175,8 @@ def train(config: Mapping[str, Any], dataset: str | Path, best_json: str | Path,
     out = Path(out)
     resume = out.with_name(f".{out.stem}.resume.pt")  # not a declared output: survives a killed job
     result = train_model(
-        ds.frame, ds.meta, model_cfg, TrainConfig.from_dict(train_cfg), training_seed(config, member), out, resume_path=resume
+        ds.frame, ds.meta, model_cfg, TrainConfig.from_dict(train_cfg), training_seed(config, member), out,
+        resume_path=resume, prior_table=prior_table(config, ds.meta),
     )
     return Path(result.checkpoint_path)
 

@@ -460,6 +460,24 @@ def _validate(model: Lyra, valid: _Split, embedding: torch.Tensor, cfg: TrainCon
 # training
 
 
+def _check_prior_lengths(table: torch.Tensor, *splits: _Split) -> None:
+    for s in splits:
+        lengths = s.mask.sum(1)
+        if bool((lengths != table.shape[0]).any()):
+            L = int(lengths[lengths != table.shape[0]][0])
+            raise DataError(f"prior.msa: the prior scores variants of the wild type's length {table.shape[0]}, "
+                            f"but the dataset has a sequence of length {L}")
+
+
+def _set_prior(model: Lyra, table: torch.Tensor, train: _Split, embedding: torch.Tensor) -> None:
+    """Copy the table in and standardise its scores on the training variants (never validation)."""
+    model.prior_table.copy_(table)
+    with torch.no_grad():
+        s = model.prior(embedding[train.tokens.to(embedding.device)])  # (n_train,) raw: mu 0, sigma 1 so far
+    model.prior_mu.fill_(float(s.mean()))
+    model.prior_sigma.fill_(float(s.std()) if len(s) > 1 and float(s.std()) > 0 else 1.0)
+
+
 def train_model(
     frame: pd.DataFrame,
     meta: Mapping[str, Any],
@@ -470,12 +488,15 @@ def train_model(
     resume_path: str | os.PathLike | None = None,
     report: Callable[[int, float], None] | None = None,
     log_every: int = 1,
+    prior_table: np.ndarray | None = None,
 ) -> TrainResult:
     """Train one model (one seed) and write its best-validation-epoch checkpoint; see the module docstring.
 
     `report(epoch, value)` receives the raw validation `selection_metric` after each epoch (Optuna
     pruning); an exception it raises propagates. A pruned trial's resume file is removed; any other
     interruption keeps it, so a rerun continues from the last finished epoch.
+    `prior_table` (L, C) adds the model's evolutionary prior term (`lyra.prior.prior_table`); every
+    variant must then have the table's length.
     """
     started = time.perf_counter()
     if isinstance(train_cfg, Mapping):
@@ -494,6 +515,10 @@ def train_model(
     train, valid, transform, class_w = _prepare(frame, meta, train_cfg)
     d_output = len(classes) if task == "classification" else len(targets)
     cfg = _model_config(model_cfg, ab.size, d_output)
+    if prior_table is not None:
+        prior_table = torch.as_tensor(prior_table, dtype=torch.float32)
+        _check_prior_lengths(prior_table, train, valid)
+        cfg = dataclasses.replace(cfg, prior_length=prior_table.shape[0])
     embedding = ab.embedding().to(device)  # (C + 2, C): one-hot rows, uniform row, zero padding row
     if class_w is not None:
         class_w = class_w.to(device)
@@ -502,12 +527,15 @@ def train_model(
     checkpoint_path = Path(checkpoint_path)
     identity = {  # what a resume file must match to be resumed
         "model_config": cfg.to_dict(), "seed": int(seed), "data": _fingerprint(train, valid),
+        "prior": None if prior_table is None else hashlib.sha256(prior_table.numpy().tobytes()).hexdigest(),
         "train_config": {k: v for k, v in train_cfg.to_dict().items() if k not in _RESUME_FREE_KEYS},
     }
 
     with _deterministic(device):
         torch.manual_seed(seed)
         model = Lyra.from_config(cfg).to(device)
+        if prior_table is not None:
+            _set_prior(model, prior_table, train, embedding)
         opt = configure_optimizer(model, train_cfg.lr, train_cfg.weight_decay, train_cfg.ssm_lr)
         sched = _make_scheduler(opt, train_cfg, steps_per_epoch)
         state = {"epoch": 0, "best_epoch": 0, "best_score": None, "best_valid": {}, "best_state": None,
@@ -708,7 +736,10 @@ def evaluate_ensemble(checkpoint_paths: Sequence[str | os.PathLike], frame: pd.D
         p = predict_tokens(model, info, tokens, mask, batch_size)
         preds.append(p)
         seed = int(info.get("seed", len(per_seed)))
-        per_seed.append({"seed": seed, "best_epoch": int(info.get("best_epoch", 0)), **_summary(task, targets, y, p)})
+        entry = {"seed": seed, "best_epoch": int(info.get("best_epoch", 0)), **_summary(task, targets, y, p)}
+        if model.config.prior_length:  # how much this member leans on the evolutionary prior, per target
+            entry["prior_beta"] = [float(b) for b in model.prior_beta.detach().cpu()]
+        per_seed.append(entry)
         curves[seed] = info.get("history", [])
     ensemble = np.mean(preds, axis=0)
     return {"split": split, "n": int(len(rows)), "n_models": len(preds),

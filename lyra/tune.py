@@ -489,10 +489,12 @@ def _check_metric(metric: str, meta: Mapping[str, Any]) -> None:
 
 def run_worker(dataset_path: str | os.PathLike, journal_path: str | os.PathLike, tune_cfg: TuneConfig | Mapping,
                model_cfg: Mapping[str, Any], train_cfg: Any, worker_index: int, study_name: str = "lyra",
-               trials_dir: str | os.PathLike | None = None, train_fn: TrainFn | None = None) -> int:
+               trials_dir: str | os.PathLike | None = None, train_fn: TrainFn | None = None,
+               prior_table: Any = None) -> int:
     """Run trials until the study holds tune_cfg.n_trials of them; return how many this worker ran.
 
-    `train_fn` defaults to `lyra.train.train_model` (tests pass a cheap stand-in with its signature).
+    `train_fn` defaults to `lyra.train.train_model` (tests pass a cheap stand-in with its signature);
+    `prior_table` is passed on to it (the evolutionary prior, `lyra.pipeline.prior_table`).
     """
     from lyra.datasets import load_dataset
 
@@ -518,7 +520,7 @@ def run_worker(dataset_path: str | os.PathLike, journal_path: str | os.PathLike,
         trial, history = nxt
         n_ran += 1
         state, error = _run_trial(trial, history, study, dataset, tune_cfg, model_cfg, train_cfg, worker_index,
-                                  trials_dir, train_fn)
+                                  trials_dir, train_fn, prior_table)
         if state == TrialState.FAIL:
             n_failed += 1
             last_error = error
@@ -533,7 +535,7 @@ def run_worker(dataset_path: str | os.PathLike, journal_path: str | os.PathLike,
 
 def _run_trial(trial: optuna.Trial, history: list[FrozenTrial], study: optuna.Study, dataset: Any,
                tune_cfg: TuneConfig, model_cfg: dict, train_cfg: Any, worker_index: int, trials_dir: Any,
-               train_fn: TrainFn) -> tuple[TrialState, str]:
+               train_fn: TrainFn, prior_table: Any = None) -> tuple[TrialState, str]:
     """Train one model for this trial and tell the study how it ended."""
     seed = trial_seed(tune_cfg.seed, trial.number)
     for key, value in {"worker": worker_index, "seed": seed, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}.items():
@@ -560,8 +562,9 @@ def _run_trial(trial: optuna.Trial, history: list[FrozenTrial], study: optuna.St
             Path(trials_dir).mkdir(parents=True, exist_ok=True)
         # The checkpoint is only the trial's scratch space: the train stage retrains the final models.
         with tempfile.TemporaryDirectory(prefix=f"trial{trial.number}-", dir=trials_dir) as tmp:
+            extra = {} if prior_table is None else {"prior_table": prior_table}
             result = train_fn(dataset.frame, dataset.meta, trial_model, trial_train, seed=seed,
-                              checkpoint_path=Path(tmp) / "trial.pt", report=report)
+                              checkpoint_path=Path(tmp) / "trial.pt", report=report, **extra)
         value = float(result.best_valid[tune_cfg.metric])
         if not math.isfinite(value):
             raise LyraError(f"validation {tune_cfg.metric} is {value} (constant predictions?)")

@@ -6,6 +6,7 @@ rule train:
         cfg=stage_cfg("train"),
         dataset=res("data/dataset.parquet"),
         best=res("tune/best.json"),
+        msa=PRIOR_MSA,
     output:
         model=res("models/seed{seed}.pt"),
     log:

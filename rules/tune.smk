@@ -10,6 +10,7 @@ if config["tune"]["enabled"]:
         input:
             cfg=stage_cfg("tune"),
             dataset=res("data/dataset.parquet"),
+            msa=PRIOR_MSA,
         output:
             done=res("tune/worker{worker}.done"),
         params:

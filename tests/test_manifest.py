@@ -29,6 +29,7 @@ def campaign(tmp_path, monkeypatch) -> tuple[Path, dict, Path]:
     (tmp_path / "rounds" / "1").mkdir(parents=True)
     (tmp_path / "rounds" / "1" / "measurements.csv").write_text("mutant,fitness\nK2A:T3V,2.0\n")
     (tmp_path / "library.txt").write_text("K2A\nT3V\nK2A:T3V\n")
+    (tmp_path / "family.a2m").write_text(f">wt\n{WT}\n>homolog\nMKTAYLAKQR\n")
     cfg = tmp_path / "campaign.yaml"
     cfg.write_text(
         "campaign: toy\nseed: 7\n"
@@ -37,6 +38,7 @@ def campaign(tmp_path, monkeypatch) -> tuple[Path, dict, Path]:
         "train: {seeds: 2}\n"
         "rounds: {dir: rounds}\n"
         "library: {kind: file, path: library.txt}\n"
+        "prior: {msa: family.a2m}\n"
     )
     config = load_config(cfg)
     root = tmp_path / "results" / "toy"
@@ -62,6 +64,7 @@ def test_manifest_hashes_every_input(campaign, tmp_path):
     assert by_role["wild_type"]["sha256"] == _sha(tmp_path / "wt.fasta")
     assert by_role["round 1"]["sha256"] == _sha(tmp_path / "rounds" / "1" / "measurements.csv")
     assert by_role["library path"]["sha256"] == _sha(tmp_path / "library.txt")
+    assert by_role["prior msa"]["sha256"] == _sha(tmp_path / "family.a2m")
     assert by_role["config"]["sha256"] == _sha(cfg)
     outputs = {r["role"]: r for r in m["outputs"]}
     assert outputs["ranking.csv"]["sha256"] == _sha(root / "ranking.csv")

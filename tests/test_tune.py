@@ -616,3 +616,18 @@ def test_silent_trial_on_another_host_is_failed_after_the_heartbeat_timeout(tmp_
     trials = load(journal).trials
     assert trials[2].state == TrialState.FAIL and trials[2].user_attrs["error"] == "stale: no heartbeat for 120 min"
     assert trials[3].state == TrialState.COMPLETE
+
+
+def test_worker_passes_the_prior_table_to_every_trial(tmp_path):
+    dataset = write_dataset(tmp_path / "dataset.parquet")
+    seen = []
+
+    class WithPrior(StubTrain):
+        def __call__(self, *args, prior_table=None, **kw):
+            seen.append(prior_table)
+            return super().__call__(*args, **kw)
+
+    table = np.ones((3, 20), dtype=np.float32)
+    assert run_worker(dataset, tmp_path / "j.log", tune_cfg(n_trials=2), TINY_MODEL, TINY_TRAIN, 0,
+                      train_fn=WithPrior(), prior_table=table) == 2
+    assert len(seen) == 2 and all(t is table for t in seen)
