@@ -27,6 +27,7 @@ import torch
 from lyra.errors import ConfigError, DataError
 
 GAP = "-"
+MAX_POTTS_BYTES = 8 * 2**30  # refuse Potts fits that would need more memory than a typical job has
 
 
 @dataclass
@@ -124,10 +125,14 @@ def fit_potts(msa: np.ndarray, weights: np.ndarray, q: int, lambda_h: float = 0.
               lambda_j: float = 0.01, max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Pseudo-likelihood Potts fit (L-BFGS), L2 as EVcouplings: lambda_J scaled by (q-1)(L-1).
 
-    Memory is about 25 copies of J, (L q)^2 floats each: fine for a domain (L = 56: 30 MB), heavy for
-    a whole protein (L = 500: 11 GB); use the independent model there.
+    Memory is about 25 copies of J, (L q)^2 float32 each: fine for a domain (54 columns: 130 MB),
+    too much for a whole protein (500 columns: 11 GB), where the independent model is the choice.
     """
     S, L = msa.shape
+    need = 25 * (L * q) ** 2 * 4
+    if need > MAX_POTTS_BYTES:
+        raise ConfigError(f"prior.model: a Potts model of {L} alignment columns needs about {need / 2**30:.0f} GB; "
+                          "use prior.model: independent, or align only the region you mutate")
     x = torch.nn.functional.one_hot(torch.from_numpy(msa), q).float()         # (S, L, q)
     w = torch.from_numpy(weights).float()                                      # (S,)
     h = torch.zeros(L, q, requires_grad=True)

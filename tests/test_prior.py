@@ -244,3 +244,29 @@ def test_campaign_with_a_prior_runs_every_stage(tmp_path, monkeypatch):
     assert len((out / "ranking.csv").read_text().splitlines()) == 6
     roles = {r["role"] for r in json.loads((out / "manifest.json").read_text())["inputs"]}
     assert "prior msa" in roles
+
+
+def test_potts_model_too_large_for_memory_is_refused(monkeypatch):
+    from lyra import prior as P
+
+    monkeypatch.setattr(P, "MAX_POTTS_BYTES", 1000)
+    with pytest.raises(ConfigError, match="prior.model: independent"):
+        P.fit_potts(np.zeros((4, 6), dtype=np.int64), np.ones(4), q=21)
+
+
+def test_workflow_makes_the_alignment_an_input_of_tuning_and_training(tmp_path):
+    """Snakemake dry run: an edited alignment reruns tuning and training (it is a declared input)."""
+    from test_workflow import snakemake, tiny_config
+
+    config = tiny_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    from lyra.variants import read_wild_type
+
+    wt = read_wild_type(cfg["data"]["wild_type"])
+    cfg["prior"] = {"msa": str(write_a2m(tmp_path / "family.a2m", wt, [wt]))}
+    config.write_text(yaml.safe_dump(cfg))
+    dry = snakemake(tmp_path, config, "-n", "--forceall")
+    text = dry.stdout + dry.stderr
+    assert "rule train:" in text and "rule tune_worker:" in text
+    inputs = [line for line in text.splitlines() if "input:" in line and str(tmp_path / "family.a2m") in line]
+    assert len(inputs) == 4  # 2 tuning workers + 2 ensemble members
