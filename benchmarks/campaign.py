@@ -7,6 +7,8 @@ the method's ranking of all candidates (relevance = true fitness, `lyra.metrics.
 
 Methods:
 - ridge: one-hot ridge regression (alpha 1) on the fitness, top 96 by prediction (`benchmarks/ridge.py`).
+- prior: no training at all: top 96 by the evolutionary prior's dE (`lyra/prior.py`, independent model
+  fit on `GB1_Alignment.a2m`), what `lyra zero-shot` picks.
 - lyra:  an ensemble of Lyra models trained with `lyra.train.train_model` (each member on its own random
   train/valid split of the N variants), the candidates scored with `lyra.rank.score_shard` over the GB1
   combinatorial library with the training and never-measured variants excluded, and picked with
@@ -72,6 +74,17 @@ def ridge_campaign(gb1: pd.DataFrame, train: np.ndarray, top_n: int = 96, alpha:
     y = gb1["fitness"].to_numpy()[test]
     picks = np.argsort(-pred, kind="stable")[:top_n]
     return summarise(y[picks], y, pred)
+
+
+def prior_campaign(gb1: pd.DataFrame, wt: str, train: np.ndarray, top_n: int = 96) -> dict:
+    from lyra.prior import fit_prior
+
+    test = np.setdiff1d(np.arange(len(gb1)), train)
+    prior = fit_prior(DATA / "GB1_Alignment.a2m", wt, AA)
+    dE = prior.score_sequences(gb1["sequence"].to_numpy()[test].tolist()).astype(np.float64)
+    y = gb1["fitness"].to_numpy()[test]
+    picks = np.argsort(-dE, kind="stable")[:top_n]
+    return summarise(y[picks], y, dE)
 
 
 def transform_target(y: np.ndarray, kind: str) -> np.ndarray:
@@ -179,7 +192,7 @@ def main(argv=None) -> int:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=384)
     ap.add_argument("--top-n", type=int, default=96)
-    ap.add_argument("--methods", default="ridge,lyra")
+    ap.add_argument("--methods", default="ridge,lyra", help="comma-separated: ridge, prior, lyra")
     # Lyra ensemble
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--d-model", type=int, default=32)
@@ -221,6 +234,8 @@ def main(argv=None) -> int:
         train = draw(seed, len(gb1), args.n_train)
         if "ridge" in methods:
             results["ridge"].append({"seed": seed, **ridge_campaign(gb1, train, args.top_n)})
+        if "prior" in methods:
+            results["prior"].append({"seed": seed, **prior_campaign(gb1, wt, train, args.top_n)})
         if "lyra" in methods:
             with tempfile.TemporaryDirectory() as tmp:
                 results["lyra"].append({"seed": seed, **lyra_campaign(gb1, wt, train, args, Path(tmp), seed)})

@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results root (default: results)")
     p.add_argument("--truth", help="fully measured file in the data section's format (default: data.path, whole)")
     p.add_argument("--round", type=int, help="round number (default: the next one)")
+    p = sub.add_parser("zero-shot", help="rank the library by the evolutionary prior alone (prior.msa), no model")
+    _common(p)
+    p.add_argument("--out", required=True, help="CSV of the top variants")
+    p.add_argument("--top", type=int, default=None, help="how many (default: rank.top_n)")
     sub.add_parser("report", help="figures (report/*.png) and manifest.json; see `lyra report --help`", add_help=False)
     return parser
 
@@ -150,6 +154,8 @@ def _dispatch(args: argparse.Namespace) -> None:
         pipeline.score(config, args.dataset, args.checkpoints, args.shard, args.out)
     elif cmd == "rank":
         pipeline.rank(config, args.scores, args.csv, args.fasta)
+    elif cmd == "zero-shot":
+        print(pipeline.zero_shot(config, args.out, args.top))
     elif cmd == "simulate-round":
         from lyra.rounds import simulate_round
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lyra.config import campaign_dir, resolve_path, stage_config
-from lyra.errors import ConfigError, LyraError
+from lyra.errors import ConfigError, DataError, LyraError
 
 log = logging.getLogger("lyra.pipeline")
 
@@ -222,6 +222,51 @@ def score(
         device=str(resolve_device(config["train"]["device"])),
         exclude=exclude,
     )
+
+
+def zero_shot(config: Mapping[str, Any], out: str | Path, top: int | None = None) -> Path:
+    """Rank the design library by the evolutionary prior alone (`prior.msa`), before any measurement:
+    the `top` (default rank.top_n) variants with the highest dE, as CSV (rank, variant_id, mutations,
+    prior_dE, sequence). Streams the library; memory holds only the current chunk and the top rows."""
+    import numpy as np
+    import pandas as pd
+
+    from lyra.alphabet import get_alphabet
+    from lyra.io import atomic_path
+    from lyra.library import LibraryConfig, iter_library
+    from lyra.prior import fit_prior
+    from lyra.variants import read_wild_type
+
+    msa = prior_msa(config)
+    if msa is None:
+        raise ConfigError("prior.msa: zero-shot ranking needs an alignment of homologs")
+    data = data_config(config)
+    if not data.get("wild_type"):
+        raise ConfigError("data.wild_type: zero-shot ranking scores variants of the wild type")
+    wt = read_wild_type(data["wild_type"])
+    ab = get_alphabet(data.get("alphabet", "protein"))
+    section = config["prior"]
+    prior = fit_prior(msa, wt, ab.letters, model=section.get("model", "independent"),
+                      identity=float(section.get("identity", 0.8)))
+    top = int(top or config["rank"]["top_n"])
+    best = pd.DataFrame(columns=["variant_id", "mutations", "prior_dE", "sequence"])
+    n = 0
+    for chunk in iter_library(LibraryConfig.from_dict(library_section(config)), wt, data.get("first_position", 1), ab):
+        if chunk.mask is not None or chunk.tokens.shape[1] != len(wt) or int(chunk.tokens.max()) >= ab.size:
+            raise DataError("library: zero-shot ranking needs unambiguous variants of the wild type's length")
+        dE = prior.score_tokens(chunk.tokens.astype(np.int64))  # (n,)
+        keep = np.argsort(-dE, kind="stable")[:top]
+        chunk_best = pd.DataFrame({"variant_id": chunk.variant_ids()[keep], "mutations": chunk.mutations()[keep],
+                                   "prior_dE": dE[keep], "sequence": chunk.sequences()[keep]})
+        best = pd.concat([best, chunk_best], ignore_index=True) if len(best) else chunk_best
+        best = best.sort_values("prior_dE", ascending=False, kind="stable").head(top)
+        n += len(chunk)
+    best.insert(0, "rank", np.arange(1, len(best) + 1))
+    with atomic_path(out) as tmp:
+        best.to_csv(tmp, index=False, float_format="%.4f")
+    log.info("zero-shot: ranked %d variants by the %s prior of %s (%d homologs, Neff %.1f) -> %s",
+             n, section.get("model", "independent"), msa, prior.n_sequences, prior.n_effective, out)
+    return Path(out)
 
 
 def library_section(config: Mapping[str, Any]) -> dict:

@@ -270,3 +270,30 @@ def test_workflow_makes_the_alignment_an_input_of_tuning_and_training(tmp_path):
     assert "rule train:" in text and "rule tune_worker:" in text
     inputs = [line for line in text.splitlines() if "input:" in line and str(tmp_path / "family.a2m") in line]
     assert len(inputs) == 4  # 2 tuning workers + 2 ensemble members
+
+
+def test_zero_shot_ranks_the_library_by_the_alignment_alone(tmp_path, monkeypatch):
+    """`lyra zero-shot`: before any measurement, a saturation library ranked by dE: the 19 mutants of the
+    one free site (G6) first, before any at the conserved K2-A5; the top N in order, with the prior's scores."""
+    import pandas as pd
+
+    from lyra.cli import main
+    from lyra.prior import fit_prior
+
+    write_a2m(tmp_path / "family.a2m", WT, homologs())
+    (tmp_path / "m.csv").write_text("mutant,fitness\nWT,1.0\nK2A,0.5\n")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "campaign": "zs", "data": {"path": "m.csv", "mutations_column": "mutant", "wild_type": WT,
+                                   "target_column": "fitness"},
+        "library": {"kind": "saturation", "positions": "2-6"}, "prior": {"msa": "family.a2m"},
+    }))
+    monkeypatch.chdir(tmp_path)
+    assert main(["zero-shot", "--config", "c.yaml", "--out", "top.csv", "--top", "30"]) == 0
+    top = pd.read_csv(tmp_path / "top.csv")
+    assert list(top["rank"]) == list(range(1, 31)) and top["prior_dE"].is_monotonic_decreasing
+    assert top["mutations"][:19].str.startswith("G6").all() and not top["mutations"][19:].str.startswith("G6").any()
+    expected = fit_prior(tmp_path / "family.a2m", WT, AA).score_sequences(top["sequence"].tolist())
+    np.testing.assert_allclose(top["prior_dE"], expected, atol=1e-3)
+    # without an alignment: one line naming the key
+    (tmp_path / "c.yaml").write_text((tmp_path / "c.yaml").read_text().replace("msa: family.a2m", "msa: null"))
+    assert main(["zero-shot", "--config", "c.yaml", "--out", "top.csv"]) == 2
