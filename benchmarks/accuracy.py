@@ -17,7 +17,7 @@ Splits (read directly from /work/shared/data, see its README):
 
 `--prior none|independent|potts` (default per split, see SETTINGS) sets Lyra's evolutionary prior
 term (`lyra/prior.py`), fit on the GB1 alignment shipped with the landscape
-(`gb1_wu2016/GB1_Alignment.a2m`, 385 homologs); GB1 splits only.
+(`gb1_wu2016/GB1_Alignment.a2m`: 385 of its 391 sequences have only the 20 amino acids); GB1 splits only.
 
 Each member of the ensemble is trained with `lyra.train.train_model` (selection and early stopping on
 the validation rows only); the ensemble prediction is the mean over seeds. Ridge (alpha 1, one-hot) is

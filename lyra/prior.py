@@ -32,8 +32,9 @@ MAX_POTTS_BYTES = 8 * 2**30  # refuse Potts fits that would need more memory tha
 
 @dataclass
 class PottsPrior:
-    """A fitted prior over the wild type's positions (0-based, the wild type's own indexing)."""
-    alphabet: str             # residues the model knows, gap last
+    """A fitted prior over the wild type's positions (0-based, the wild type's own indexing); the
+    independent model is the Potts model with J = 0."""
+    alphabet: str             # residues the model knows; tokens index this string
     wild_type: str
     positions: np.ndarray     # (L,) wild-type index of each modelled column
     single: np.ndarray        # (L, q) dE of each single mutant (0 at the wild type)
@@ -48,10 +49,10 @@ class PottsPrior:
         cols = tokens[:, self.positions]                                       # (N, L)
         L = len(self.positions)
         score = self.single[np.arange(L), cols].sum(axis=1)                    # (N,)
-        # Only columns that vary in this chunk can carry an epistatic term: a combinatorial library
-        # touches a handful of sites, so this stays cheap whatever the protein length.
         if self.pair is None:
             return score.astype(np.float32)
+        # Only columns that vary in this chunk can carry an epistatic term: a combinatorial library
+        # touches a handful of sites, so this stays cheap whatever the protein length.
         wt_cols = self._wt_tokens()
         varying = np.flatnonzero((cols != wt_cols).any(axis=0))
         for a, i in enumerate(varying):
@@ -60,13 +61,15 @@ class PottsPrior:
         return score.astype(np.float32)
 
     def score_sequences(self, sequences: list[str]) -> np.ndarray:
+        """dE of each sequence (all of the wild type's length)."""
+        bad = next((s for s in sequences if len(s) != len(self.wild_type)), None)
+        if bad is not None:
+            raise DataError(f"prior: a sequence has length {len(bad)}, the wild type {len(self.wild_type)}")
         index = {c: k for k, c in enumerate(self.alphabet)}
         try:
             tokens = np.array([[index[c] for c in s] for s in sequences], dtype=np.int64)
         except KeyError as exc:
             raise DataError(f"prior: residue {exc} is not in the alignment's alphabet") from None
-        if tokens.shape[1] != len(self.wild_type):
-            raise DataError(f"prior: sequences have length {tokens.shape[1]}, the wild type {len(self.wild_type)}")
         return self.score_tokens(tokens)
 
     def _wt_tokens(self) -> np.ndarray:
@@ -114,11 +117,15 @@ def locate_focus(target: str, wild_type: str, path: str | Path) -> np.ndarray:
     return np.array(positions)
 
 
-def sequence_weights(msa: np.ndarray, identity: float = 0.8) -> np.ndarray:
-    """1 / (number of sequences at >= `identity` to each): redundant homologs count once."""
-    x = torch.from_numpy(msa)
-    same = (x[:, None, :] == x[None, :, :]).float().mean(-1)                  # (S, S)
-    return (1.0 / (same >= identity).float().sum(1)).numpy()
+def sequence_weights(msa: np.ndarray, identity: float = 0.8, block: int = 256) -> np.ndarray:
+    """1 / (number of sequences at >= `identity` to each): redundant homologs count once.
+    Compared in blocks of rows, so memory stays (block, S, L) for alignments of any depth."""
+    x = torch.from_numpy(msa)                                                  # (S, L)
+    neighbours = torch.cat([
+        ((x[b: b + block, None, :] == x[None, :, :]).float().mean(-1) >= identity).sum(1)  # (block,)
+        for b in range(0, len(x), block)
+    ])
+    return (1.0 / neighbours.float()).numpy()
 
 
 def fit_potts(msa: np.ndarray, weights: np.ndarray, q: int, lambda_h: float = 0.01,
@@ -181,11 +188,10 @@ def fit_prior(msa_path: str | Path, wild_type: str, alphabet: str, model: str = 
     focus = [k for k, c in enumerate(match[0]) if c != GAP]  # match columns where the target has a residue
     symbols = alphabet + GAP
     index = {c: k for k, c in enumerate(symbols)}
-    rows = []
-    for r in match:
-        cols = [r[k] for k in focus]
-        if all(c in index for c in cols):  # homologs with residues outside the alphabet (X, B, Z) are skipped
-            rows.append([index[c] for c in cols])
+    # Homologs with a residue outside the alphabet (X, B, Z, ...) in a modelled column are left out.
+    rows = [[index[r[k]] for k in focus] for r in match if all(r[k] in index for k in focus)]
+    if len(rows) < 2:
+        raise DataError(f"{msa_path}: no homolog left with only {alphabet} residues in the modelled columns")
     msa = np.array(rows, dtype=np.int64)                                       # (S, L)
     q, L = len(symbols), msa.shape[1]
     weights = sequence_weights(msa, identity)

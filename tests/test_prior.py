@@ -196,7 +196,7 @@ def test_campaign_config_checks_the_alignment(tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "gb1_wu2016").is_dir(), reason="../shared/data not found")
 def test_gb1_alignment_prior_ranks_the_four_site_landscape():
-    """Zero-shot, from 385 homologs only: the GB1 landscape's order is partly known before any measurement."""
+    """Zero-shot, from 385 aligned sequences only: the GB1 landscape's order is partly known before any measurement."""
     import pandas as pd
     from scipy.stats import spearmanr
 
