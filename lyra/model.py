@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lyra.errors import ConfigError
+from lyra.errors import ConfigError, DataError
 
 POOLINGS = ("mean", "max", "first")
 
@@ -418,7 +418,8 @@ class Lyra(nn.Module):
     def prior(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised prior score of one-hot sequences x (B, L, d_input) -> (B,)."""
         if x.shape[1] != self.config.prior_length:
-            raise ValueError(f"the prior covers sequences of length {self.config.prior_length}, got length {x.shape[1]}")
+            raise DataError(f"the model's evolutionary prior covers sequences of length {self.config.prior_length} "
+                            f"(the wild type's), got length {x.shape[1]}")
         s = torch.einsum("blc,lc->b", x, self.prior_table.to(x.dtype))  # (B,)
         return (s - self.prior_mu) / self.prior_sigma  # (B,)
 
