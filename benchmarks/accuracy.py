@@ -150,14 +150,14 @@ def load_split(name: str) -> pd.DataFrame:
 
 
 GB1_WT = "MQYKLILNGKTLKGETTTEAVDAATAEKVFKQYANDNGVDGEWTYDDATKTFTVTE"
+GB1_ALIGNMENT = DATA / "gb1_wu2016" / "GB1_Alignment.a2m"
 
 
 def gb1_prior_table(model: str) -> np.ndarray:
     from lyra.alphabet import get_alphabet
     from lyra.prior import prior_table
 
-    section = {"msa": str(DATA / "gb1_wu2016" / "GB1_Alignment.a2m"), "model": model}
-    return prior_table(section, GB1_WT, get_alphabet("protein").letters)
+    return prior_table({"msa": str(GB1_ALIGNMENT), "model": model}, GB1_WT, get_alphabet("protein").letters)
 
 
 def _same_run(path: Path, model_cfg: dict, cfg: TrainConfig, prior: np.ndarray | None = None) -> bool:
@@ -223,9 +223,10 @@ def run_split(name: str, seeds: int, out_dir: Path, epochs: int | None, model_ov
     ridge_seconds = time.perf_counter() - started
     zero_shot = None
     if name in GB1_SPLITS:  # the alignment alone, no measurement: the independent model's dE
+        from lyra.alphabet import get_alphabet
         from lyra.prior import fit_prior
 
-        prior_model = fit_prior(DATA / "gb1_wu2016" / "GB1_Alignment.a2m", GB1_WT, "ACDEFGHIKLMNPQRSTVWY")
+        prior_model = fit_prior(GB1_ALIGNMENT, GB1_WT, get_alphabet("protein").letters)
         zero_shot = spearman(held_out["target"].to_numpy(), prior_model.score_sequences(held_out["sequence"].tolist()))
 
     return {

@@ -46,16 +46,22 @@ def prior_msa(config: Mapping[str, Any]) -> str | None:
     return resolve_path(msa, config.get("_base_dir", ".")) if msa else None
 
 
+def prior_section(config: Mapping[str, Any]) -> dict | None:
+    """The config's `prior` section with its alignment path resolved; None without `prior.msa`."""
+    msa = prior_msa(config)
+    return None if msa is None else {**config["prior"], "msa": msa}
+
+
 def prior_table(config: Mapping[str, Any], meta: Mapping[str, Any]):
     """The model's per-site prior table for this dataset (lyra/prior.py), or None without `prior.msa`."""
-    msa = prior_msa(config)
-    if msa is None:
+    section = prior_section(config)
+    if section is None:
         return None
     from lyra.alphabet import get_alphabet
     from lyra.prior import prior_table as fit_table
 
-    log.info("prior: fitting the %s model on %s", config["prior"].get("model", "independent"), msa)
-    return fit_table({**config["prior"], "msa": msa}, meta.get("wild_type"), get_alphabet(meta["alphabet"]).letters)
+    log.info("prior: fitting the %s model on %s", section.get("model", "independent"), section["msa"])
+    return fit_table(section, meta.get("wild_type"), get_alphabet(meta["alphabet"]).letters)
 
 
 def data_config(config: Mapping[str, Any]) -> dict:
@@ -103,15 +109,11 @@ def check_campaign(config: Mapping[str, Any]) -> None:
     SplitConfig.from_dict(config["split"])
     round_files(config)
     wt = read_wild_type(data["wild_type"]) if data.get("wild_type") else None
-    msa = prior_msa(config)
-    if msa is not None:
-        from lyra.prior import locate_focus, read_a2m
+    prior = prior_section(config)
+    if prior is not None:
+        from lyra.prior import check_alignment
 
-        if wt is None:
-            raise ConfigError("prior.msa: the prior scores variants of a wild type; set data.wild_type")
-        if not Path(msa).is_file():
-            raise ConfigError(f"prior.msa: no such file: {msa}")
-        locate_focus(read_a2m(msa)[0], wt, msa)
+        check_alignment(prior, wt)
     lib = LibraryConfig.from_dict(library_section(config))
     if wt is not None or lib.kind == "file":
         n = library_size(lib, wt, data.get("first_position", 1), data.get("alphabet", "protein"))
@@ -234,20 +236,16 @@ def zero_shot(config: Mapping[str, Any], out: str | Path, top: int | None = None
     from lyra.alphabet import get_alphabet
     from lyra.io import atomic_path
     from lyra.library import LibraryConfig, iter_library
-    from lyra.prior import fit_prior
+    from lyra.prior import prior_from_config
     from lyra.variants import read_wild_type
 
-    msa = prior_msa(config)
-    if msa is None:
+    section = prior_section(config)
+    if section is None:
         raise ConfigError("prior.msa: zero-shot ranking needs an alignment of homologs")
     data = data_config(config)
-    if not data.get("wild_type"):
-        raise ConfigError("data.wild_type: zero-shot ranking scores variants of the wild type")
-    wt = read_wild_type(data["wild_type"])
+    wt = read_wild_type(data["wild_type"]) if data.get("wild_type") else None
     ab = get_alphabet(data.get("alphabet", "protein"))
-    section = config["prior"]
-    prior = fit_prior(msa, wt, ab.letters, model=section.get("model", "independent"),
-                      identity=float(section.get("identity", 0.8)))
+    prior = prior_from_config(section, wt, ab.letters)
     top = int(top or config["rank"]["top_n"])
     best = pd.DataFrame(columns=["variant_id", "mutations", "prior_dE", "sequence"])
     n = 0
@@ -265,7 +263,7 @@ def zero_shot(config: Mapping[str, Any], out: str | Path, top: int | None = None
     with atomic_path(out) as tmp:
         best.to_csv(tmp, index=False, float_format="%.4f")
     log.info("zero-shot: ranked %d variants by the %s prior of %s (%d homologs, Neff %.1f) -> %s",
-             n, section.get("model", "independent"), msa, prior.n_sequences, prior.n_effective, out)
+             n, section.get("model", "independent"), section["msa"], prior.n_sequences, prior.n_effective, out)
     return Path(out)
 
 

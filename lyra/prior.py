@@ -17,7 +17,6 @@ modelled (the "focus" columns); mutations elsewhere score 0.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,6 @@ class PottsPrior:
                               # None for the site-independent model
     n_sequences: int
     n_effective: float
-    msa_sha256: str
 
     def score_tokens(self, tokens: np.ndarray) -> np.ndarray:
         """dE of each variant; `tokens` (N, len(wild_type)) index into `alphabet` (gap excluded)."""
@@ -214,8 +212,7 @@ def fit_prior(msa_path: str | Path, wild_type: str, alphabet: str, model: str = 
     return PottsPrior(alphabet=alphabet, wild_type=wild_type, positions=positions,
                       single=single[:, :-1].astype(np.float32),
                       pair=None if pair is None else pair[:, :, :-1, :-1].astype(np.float32),
-                      n_sequences=len(msa), n_effective=float(weights.sum()),
-                      msa_sha256=hashlib.sha256(Path(msa_path).read_bytes()).hexdigest())
+                      n_sequences=len(msa), n_effective=float(weights.sum()))
 
 
 def site_table(prior: PottsPrior, letters: str) -> np.ndarray:
@@ -228,18 +225,31 @@ def site_table(prior: PottsPrior, letters: str) -> np.ndarray:
     return table
 
 
-def prior_table(section: dict | None, wild_type: str | None, letters: str, base_dir: str | Path | None = None
-                ) -> np.ndarray | None:
-    """The config's `prior` section -> the model's per-site table, or None when `prior.msa` is unset."""
-    if not section or not section.get("msa"):
-        return None
+def _alignment(section: dict, wild_type: str | None) -> Path:
+    """The checks shared by fitting and by the campaign's up-front check: a wild type and a file."""
     if not wild_type:
         raise ConfigError("prior.msa: the prior scores variants of a wild type; set data.wild_type")
     path = Path(section["msa"])
-    if base_dir is not None and not path.is_absolute():
-        path = Path(base_dir) / path
-    if not path.exists():
-        raise ConfigError(f"prior.msa: {path} does not exist")
-    prior = fit_prior(path, wild_type, letters, model=section.get("model", "independent"),
-                      identity=float(section.get("identity", 0.8)))
-    return site_table(prior, letters)
+    if not path.is_file():
+        raise ConfigError(f"prior.msa: no such file: {path} (it does not exist or is a directory)")
+    return path
+
+
+def check_alignment(section: dict, wild_type: str | None) -> None:
+    """Cheap up-front check of `prior.msa` (no fit): the file exists, is A2M, and its target is in the wild type."""
+    path = _alignment(section, wild_type)
+    locate_focus(read_a2m(path)[0], wild_type, path)
+
+
+def prior_from_config(section: dict | None, wild_type: str | None, letters: str) -> PottsPrior | None:
+    """The config's `prior` section (paths resolved) -> the fitted prior, or None when `prior.msa` is unset."""
+    if not section or not section.get("msa"):
+        return None
+    return fit_prior(_alignment(section, wild_type), wild_type, letters, model=section.get("model", "independent"),
+                     identity=float(section.get("identity", 0.8)))
+
+
+def prior_table(section: dict | None, wild_type: str | None, letters: str) -> np.ndarray | None:
+    """The config's `prior` section -> the model's per-site table, or None when `prior.msa` is unset."""
+    prior = prior_from_config(section, wild_type, letters)
+    return None if prior is None else site_table(prior, letters)
