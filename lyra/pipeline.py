@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -232,10 +233,11 @@ def zero_shot(config: Mapping[str, Any], out: str | Path, top: int | None = None
     prior_dE, sequence). Streams the library; memory holds only the current chunk and the top rows."""
     import numpy as np
     import pandas as pd
+    from tqdm import tqdm
 
     from lyra.alphabet import get_alphabet
     from lyra.io import atomic_path
-    from lyra.library import LibraryConfig, iter_library
+    from lyra.library import LibraryConfig, iter_library, library_size
     from lyra.prior import prior_from_config
     from lyra.variants import read_wild_type
 
@@ -248,8 +250,12 @@ def zero_shot(config: Mapping[str, Any], out: str | Path, top: int | None = None
     prior = prior_from_config(section, wt, ab.letters)
     top = int(top or config["rank"]["top_n"])
     best = pd.DataFrame(columns=["variant_id", "mutations", "prior_dE", "sequence"])
+    lib_cfg = LibraryConfig.from_dict(library_section(config))
+    first = data.get("first_position", 1)
+    bar = tqdm(total=library_size(lib_cfg, wt, first, ab), desc="zero-shot", unit="variant",
+               disable=not sys.stderr.isatty())
     n = 0
-    for chunk in iter_library(LibraryConfig.from_dict(library_section(config)), wt, data.get("first_position", 1), ab):
+    for chunk in iter_library(lib_cfg, wt, first, ab):
         if chunk.mask is not None or chunk.tokens.shape[1] != len(wt) or int(chunk.tokens.max()) >= ab.size:
             raise DataError("library: zero-shot ranking needs unambiguous variants of the wild type's length")
         dE = prior.score_tokens(chunk.tokens.astype(np.int64))  # (n,)
@@ -259,6 +265,8 @@ def zero_shot(config: Mapping[str, Any], out: str | Path, top: int | None = None
         best = pd.concat([best, chunk_best], ignore_index=True) if len(best) else chunk_best
         best = best.sort_values("prior_dE", ascending=False, kind="stable").head(top)
         n += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
     best.insert(0, "rank", np.arange(1, len(best) + 1))
     with atomic_path(out) as tmp:
         best.to_csv(tmp, index=False, float_format="%.4f")
