@@ -284,7 +284,7 @@ def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
     if not path.is_file():
         raise DataError("file not found", str(path))
     if path.stat().st_size == 0:
-        raise DataError("the file is empty", str(path))
+        raise DataError("the file is empty", str(path), 1)
     if fmt in ("csv", "tsv"):
         frame = _read_delimited(path, "," if fmt == "csv" else "\t")
     elif fmt == "parquet":
@@ -299,7 +299,9 @@ def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
     else:  # pragma: no cover - detect_format only returns FORMATS
         raise ConfigError(f"data.format: unknown format {fmt!r}")
     if len(frame) == 0:
-        raise DataError("no data rows (the file holds only a header)" if fmt != "fasta" else "no records", str(path))
+        if fmt == "fasta":
+            raise DataError("no records", str(path), 1)
+        raise DataError("no data rows (the file holds only a header)", str(path), 2 if fmt != "parquet" else None)
     return frame
 
 
@@ -319,7 +321,7 @@ def _open_text(path: Path) -> io.TextIOBase:
 def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
     text = _open_text(path)
     if not text.getvalue().strip():
-        raise DataError("the file is empty", str(path))
+        raise DataError("the file is empty", str(path), 1)
     header = text.getvalue().split("\n", 1)[0]
     if sep not in header:
         _check_delimiter(header, sep, path)
@@ -329,7 +331,7 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
             quoting=csv.QUOTE_MINIMAL,
         )
     except pd.errors.EmptyDataError:
-        raise DataError("the file is empty", str(path)) from None
+        raise DataError("the file is empty", str(path), 1) from None
     except pd.errors.ParserError as e:
         m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
         if m:
@@ -341,12 +343,26 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
         raise DataError(f"cannot parse: {_one_line(e)}", str(path)) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     # the index is the editor line: header = 1; blank lines are dropped but keep their numbering
-    frame.index = pd.RangeIndex(2, len(frame) + 2, name="line")
+    frame.index = _record_lines(text.getvalue(), sep, len(frame))
     blank = (frame == "").all(axis=1)
     if blank.any():
         frame = frame.loc[~blank]
         frame.attrs["blank_lines"] = int(blank.sum())
     return frame
+
+
+def _record_lines(text: str, sep: str, n: int) -> pd.Index:
+    """The editor line each of the n data records starts on (a quoted field may hold line breaks)."""
+    if '"' not in text:  # one record per line: no second parse
+        return pd.RangeIndex(2, n + 2, name="line")
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    starts, end = [], 0
+    for _ in reader:
+        starts.append(end + 1)
+        end = reader.line_num
+    if len(starts) != n + 1:  # the parsers disagree: fall back to one record per line
+        return pd.RangeIndex(2, n + 2, name="line")
+    return pd.Index(starts[1:], name="line")
 
 
 def _check_delimiter(header: str, sep: str, path: Path) -> None:
@@ -372,6 +388,10 @@ def _read_fasta(path: Path) -> pd.DataFrame:
     header_lines = [i for i, line in enumerate(text.getvalue().splitlines(), start=1) if line.startswith(">")]
     if not header_lines:
         raise DataError("no FASTA header ('>') found: is this a FASTA file?", str(path), 1)
+    lines = text.getvalue().splitlines()
+    first = next(i for i, line in enumerate(lines, start=1) if line.strip())
+    if first < header_lines[0]:  # Biopython would refuse with a long message about comments
+        raise DataError("text before the first '>' header line (remove it)", str(path), first)
     rows: list[dict[str, str]] = []
     try:
         for record, line in zip(SeqIO.parse(text, "fasta"), header_lines):
@@ -403,18 +423,15 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def demo_data_path() -> Path:
-    """The CR6261 antibody landscape shipped in the ``ewht`` package (2,048 variants, ``mutant``/``fitness``)."""
-    import importlib.util
+DEMO_DATA = "package://ewht/example_data/cr6261_h1_mean.csv"  # the demo config's data.path
 
-    # find_spec locates the package without running its __init__ (which imports torch and scipy: seconds)
-    spec = importlib.util.find_spec("ewht")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("the demo data needs the Python package 'ewht' (pip install ewht)")
-    path = Path(spec.submodule_search_locations[0]) / "example_data" / "cr6261_h1_mean.csv"
-    if not path.is_file():
-        raise DataError("the demo data is missing from the installed ewht package", str(path))
-    return path
+
+def demo_data_path() -> Path:
+    """The CR6261 antibody landscape shipped in the ``ewht`` package (2,048 variants, ``mutant``/``fitness``),
+    found through importlib.resources, as the demo config's ``package://`` path is."""
+    from lyra.config import resolve_path
+
+    return Path(resolve_path(DEMO_DATA))
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -511,7 +528,8 @@ def prepare_dataset(
 
     `rounds` are later measurement files of the campaign (same columns as the data file): their rows are
     validated the same way and appended; variants they add go to the training portion (see
-    ``_assign_splits``). Relative paths are resolved against `base_dir` (the config file's folder).
+    ``_assign_splits``). Relative paths are resolved against `base_dir` (the working directory when a
+    config runs through `lyra` or Snakemake).
     Returns the path of ``dataset.parquet``. Nothing is written if any row or key is bad.
     """
     data_cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_dict(data_cfg)
@@ -678,7 +696,9 @@ def _read_measurements(
         keys += [("split.column", split_cfg.column), ("split.valid_column", split_cfg.valid_column)]
     for key, col in keys:
         if col is not None and col not in raw.columns:
-            raise DataError(f"no column {col!r} ({key}); the columns are: {', '.join(map(repr, raw.columns))}", str(path))
+            header_row = {"csv": 1, "tsv": 1, "fasta": int(raw.index[0])}.get(fmt)  # Parquet has no lines
+            raise DataError(f"no column {col!r} ({key}); the columns are: {', '.join(map(repr, raw.columns))}",
+                            str(path), header_row)
 
     # ---- sequences: from mutations, from a sequence column, or both (then they must agree)
     seqs: list[str] | None = None
@@ -758,6 +778,10 @@ def _read_measurements(
         counts["rows_dropped_below_min_count"] = int(low.sum())
         keep &= ~low
     keep &= ~missing
+    if n and not keep.any():
+        raise ctx.error(0, f"all {n} rows of the file were dropped ({int(missing.sum())} with a missing target, "
+                           f"{counts.get('rows_excluded_by_split', 0)} excluded by the split, "
+                           f"{counts.get('rows_dropped_below_min_count', 0)} below data.min_count): nothing is left")
     return rows.loc[keep], counts
 
 

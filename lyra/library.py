@@ -82,8 +82,9 @@ class LibraryConfig:
     def from_dict(cls, d: Mapping[str, Any] | None, base_dir: str | Path | None = None) -> "LibraryConfig":
         """From the `library:` config section; `spec` (a YAML file) fills the keys left at their default.
 
-        Relative `path` and `spec` are resolved against `base_dir` (the config file's folder); a bare spec
-        name like ``gb1_four_site`` is looked up in ``resources/libraries/``.
+        Relative `path` and `spec` are resolved against `base_dir` (the working directory when a config
+        runs through `lyra` or Snakemake); a bare spec name like ``gb1_four_site`` is looked up in
+        ``resources/libraries/``.
         """
         d = dict(d or {})
         d.pop("_base_dir", None)

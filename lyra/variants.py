@@ -160,8 +160,9 @@ def looks_like_path(value: str) -> bool:
 def read_wild_type(value: str, base_dir: str | os.PathLike | None = None) -> str:
     """The wild type from a FASTA file (its first record) or from the literal sequence in `value`.
 
-    Relative paths are resolved against `base_dir` (the config file's folder). The result is upper case
-    with whitespace removed; its letters are checked against the alphabet by the caller.
+    Relative paths are resolved against `base_dir` (the working directory when a config runs through
+    `lyra` or Snakemake). The result is upper case with whitespace removed; its letters are checked
+    against the alphabet by the caller.
     """
     value = str(value).strip()
     if not value:

@@ -153,6 +153,42 @@ def test_classification(tmp_path):
     assert "| non-binder | 2 | 0 | 0 |" in (tmp_path / "o" / "report.md").read_text()
 
 
+def test_dna_and_rna_measurements(tmp_path):
+    dna = tmp_path / "dna.csv"
+    dna.write_text("variant,score\nWT,0\nT2G,1\nG3C;C5A,2\n")
+    prepare_dataset(data_cfg(dna, wild_type="ATGGCTAAA", alphabet="dna"),
+                    {"fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "d")
+    ds = load_dataset(tmp_path / "d" / "dataset.parquet")
+    assert ds.alphabet == "dna"
+    assert dict(zip(ds.frame.variant_id, ds.frame.sequence)) == {
+        "WT": "ATGGCTAAA", "T2G": "AGGGCTAAA", "G3C:C5A": "ATCGATAAA"}
+    rna = tmp_path / "rna.csv"
+    rna.write_text("sequence,score\naugGCU,0\nAUGGCA,1\nACGGCU,2\n")
+    cfg = {"path": str(rna), "sequence_column": "sequence", "alphabet": "rna", "target_column": "score"}
+    prepare_dataset(cfg, {"fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "r")
+    ds = load_dataset(tmp_path / "r" / "dataset.parquet")
+    assert ds.alphabet == "rna" and sorted(ds.frame.sequence) == ["ACGGCU", "AUGGCA", "AUGGCU"]
+    rna.write_text("sequence,score\nAUGGCU,0\nATGGCA,1\n")  # T is DNA, not RNA
+    with pytest.raises(DataError, match=r"rna\.csv, row 3: .*'T' at position 2 is not in the rna alphabet"):
+        prepare_dataset(cfg, {"fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()
+
+
+def test_first_position_offset_end_to_end(tmp_path):
+    """Mutations numbered from 126 (a domain cut out of a longer protein): sequences, ids, report, errors."""
+    path = tmp_path / "m.csv"
+    path.write_text("variant,score\nWT,0\nK127A,1\nT128S:Y130F,2\nI131V,3\n")
+    prepare_dataset(data_cfg(path, first_position=126), {"fractions": {"train": 1.0}, "valid_fraction": 0},
+                    tmp_path / "o")
+    f = load_dataset(tmp_path / "o" / "dataset.parquet").frame
+    assert dict(zip(f.variant_id, f.sequence)) == {
+        "WT": WT, "K127A": "MA" + WT[2:], "T128S:Y130F": "MKSAF" + WT[5:], "I131V": WT[:5] + "V" + WT[6:]}
+    assert "| 130 | Y | 1 | 0 | 0 | F |" in (tmp_path / "o" / "report.md").read_text()
+    path.write_text("variant,score\nK127A,1\nM1A,2\n")  # 1-based numbering by mistake
+    with pytest.raises(DataError, match=r"m\.csv, row 3: .*position 1 is outside the wild type \(positions 126\.\.155"):
+        prepare_dataset(data_cfg(path, first_position=126), None, tmp_path / "o2")
+
+
 def test_unequal_lengths_allowed_when_asked(tmp_path):
     path = tmp_path / "seqs.csv"
     path.write_text(f"sequence,score\n{WT},1\n{WT[:-2]},2\nAC{WT[2:]},3\n")
@@ -387,6 +423,12 @@ def test_load_dataset_rejects_foreign_parquet(tmp_path):
 
 
 def test_demo_data_path():
+    import yaml
+
+    from lyra.datasets import DEMO_DATA
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    assert config["data"]["path"] == DEMO_DATA
     path = demo_data_path()
     assert path.name == "cr6261_h1_mean.csv" and path.is_file()
     assert len(pd.read_csv(path)) == 2048

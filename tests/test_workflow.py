@@ -107,6 +107,20 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
     assert len(lines) == 1 and "train.max_epoch" in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_cli_reports_bad_row_in_one_line_and_writes_nothing(tmp_path):
+    (tmp_path / "m.csv").write_text("variant,score\nWT,0\nK2A,1.5\nA5G,0.3\n")  # position 5 is Y
+    (tmp_path / "c.yaml").write_text(
+        "campaign: x\ndata: {path: m.csv, mutations_column: variant, target_column: score,\n"
+        "       wild_type: MKTAYIAKQRQISFVKSHFSRQLEERLGLI}\n")
+    proc = subprocess.run([str(BIN / "lyra"), "preprocess", "--config", "c.yaml", "--out-dir", "out"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "m.csv, row 4:" in lines[0] and "the wild type has Y at position 5, not A" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_snakemake_lint_is_clean():
     if shutil.which("snakemake", path=str(BIN)) is None:
         pytest.skip("snakemake not installed")
