@@ -18,6 +18,7 @@ Splits (read directly from /work/shared/data, see its README):
 `--prior none|independent|potts` (default per split, see SETTINGS) sets Lyra's evolutionary prior
 term (`lyra/prior.py`), fit on the GB1 alignment shipped with the landscape
 (`gb1_wu2016/GB1_Alignment.a2m`: 385 of its 391 sequences have only the 20 amino acids); GB1 splits only.
+`--prior-sign learn|positive|negative` is the config's `prior.sign` (GB1 fitness is binding: positive).
 
 Each member of the ensemble is trained with `lyra.train.train_model` (selection and early stopping on
 the validation rows only); the ensemble prediction is the mean over seeds. Ridge (alpha 1, one-hot) is
@@ -60,6 +61,7 @@ class Setting:
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     prior: str = "none"  # evolutionary prior term from the GB1 alignment: none | independent | potts
+    prior_sign: str = "learn"  # its weight: learn | positive | negative (prior.sign)
 
 
 # Chosen on validation Spearman (docs/benchmarks.md lists every setting tried, with valid and test).
@@ -177,9 +179,12 @@ def _same_run(path: Path, model_cfg: dict, cfg: TrainConfig, prior: np.ndarray |
 
 def run_split(name: str, seeds: int, out_dir: Path, epochs: int | None, model_override: dict,
               train_override: dict, quick: bool, device: str, reuse: bool = False,
-              members: list[int] | None = None, prior: str | None = None) -> dict:
+              members: list[int] | None = None, prior: str | None = None, prior_sign: str | None = None) -> dict:
+    from lyra.prior import PRIOR_SIGNS
+
     frame = load_split(name)
     prior = SETTINGS[name].prior if prior is None else prior
+    prior_sign = SETTINGS[name].prior_sign if prior_sign is None else prior_sign
     table = None
     if prior != "none":
         if name not in GB1_SPLITS:
@@ -187,6 +192,8 @@ def run_split(name: str, seeds: int, out_dir: Path, epochs: int | None, model_ov
         table = gb1_prior_table(prior)
     setting = SETTINGS[name]
     model_cfg = {**setting.model, **model_override}
+    if table is not None:
+        model_cfg["prior_sign"] = PRIOR_SIGNS[prior_sign]
     train_kw = {**setting.train, "device": device, "seeds": seeds, **train_override}
     if epochs is not None:
         train_kw["max_epochs"] = epochs
@@ -238,6 +245,8 @@ def run_split(name: str, seeds: int, out_dir: Path, epochs: int | None, model_ov
         "test": test["ensemble"], "ridge_test_spearman": ridge, "prior_zero_shot_test_spearman": zero_shot,
         "lyra_seconds": lyra_seconds, "member_seconds": train_seconds, "ridge_seconds": ridge_seconds,
         "model": model_cfg, "train": cfg.to_dict(), "prior": prior,
+        "prior_sign": prior_sign if table is not None else None,
+        "prior_beta": [s.get("prior_beta") for s in test["per_seed"]],
     }
 
 
@@ -273,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="reuse checkpoints in --out trained with the same settings (grow an ensemble seed by seed)")
     p.add_argument("--prior", default=None, choices=["none", "independent", "potts"],
                    help="evolutionary prior term from the GB1 alignment (GB1 splits only; default: per split, see SETTINGS)")
+    p.add_argument("--prior-sign", choices=["learn", "positive", "negative"], default=None,
+                   help="sign of the prior's weight (prior.sign; default: per split, see SETTINGS)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
@@ -280,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.splits:
         rows.append(run_split(name, seeds, args.out, args.epochs, args.model, args.train, args.quick, args.device,
-                              args.reuse, args.members, args.prior))
+                              args.reuse, args.members, args.prior, args.prior_sign))
         print(markdown(rows[-1:]), flush=True)
         if args.json is not None:
             from lyra.io import write_json

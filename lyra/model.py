@@ -55,6 +55,7 @@ class LyraConfig:
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     prior_length: int = 0  # positions of a fixed per-site prior table S (0: no prior term)
+    prior_sign: int = 0  # the prior weight beta: 0 free; +1 / -1 held to that sign (sign * softplus)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -81,6 +82,8 @@ class LyraConfig:
             raise ConfigError(f"model.ssm_lr: must be > 0, got {self.ssm_lr}")
         if self.prior_length < 0 or (self.prior_length and self.token_level):
             raise ConfigError(f"model.prior_length: must be >= 0 and 0 with token_level, got {self.prior_length}")
+        if self.prior_sign not in (-1, 0, 1):
+            raise ConfigError(f"model.prior_sign: must be -1, 0 or 1, got {self.prior_sign}")
 
     def _check_types(self) -> None:
         def bad(key: str, want: str) -> ConfigError:
@@ -89,7 +92,7 @@ class LyraConfig:
         def number(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-        for key in ("d_input", "d_output", "d_model", "d_state", "n_s4d", "kernel_size", "prior_length"):
+        for key in ("d_input", "d_output", "d_model", "d_state", "n_s4d", "kernel_size", "prior_length", "prior_sign"):
             if not isinstance(getattr(self, key), int) or isinstance(getattr(self, key), bool):
                 raise bad(key, "an integer")
         for key in ("dropout", "ssm_lr", "dt_min", "dt_max"):
@@ -382,6 +385,8 @@ class Lyra(nn.Module):
             # Evolutionary prior: a fixed table S (L, d_input) of per-site scores from homologs,
             # standardised on the training variants (mu, sigma) and scaled by a learned beta per output.
             # With a few hundred measured variants the network learns what the family does not know.
+            # With prior_sign set, beta = sign * softplus(prior_beta): it starts at ln 2 and a handful of
+            # unrepresentative variants can shrink it but not invert it.
             self.register_buffer("prior_table", torch.zeros(cfg.prior_length, cfg.d_input))  # (L, C)
             self.register_buffer("prior_mu", torch.zeros(()))
             self.register_buffer("prior_sigma", torch.ones(()))
@@ -423,6 +428,12 @@ class Lyra(nn.Module):
         s = torch.einsum("blc,lc->b", x, self.prior_table.to(x.dtype))  # (B,)
         return (s - self.prior_mu) / self.prior_sigma  # (B,)
 
+    def prior_weight(self) -> torch.Tensor:
+        """beta (d_output,): the weight of the standardised prior score in each output."""
+        if self.config.prior_sign == 0:
+            return self.prior_beta
+        return self.config.prior_sign * F.softplus(self.prior_beta)  # (d_output,)
+
     def _forward(self, x: torch.Tensor, mask: torch.Tensor | None, W: int | None) -> torch.Tensor:
         u = x
         x = self._local(x, mask, W)  # (B, L, H)
@@ -432,7 +443,7 @@ class Lyra(nn.Module):
             return _zero_padding(self.decoder(x), mask)  # (B, L, d_output)
         y = self.decoder(self.pool(x, mask))  # (B, d_output)
         if self.config.prior_length:
-            y = y + self.prior(u).unsqueeze(-1) * self.prior_beta  # (B, d_output)
+            y = y + self.prior(u).unsqueeze(-1) * self.prior_weight()  # (B, d_output)
         return y
 
     def _local(self, u: torch.Tensor, mask: torch.Tensor | None, W: int | None) -> torch.Tensor:

@@ -136,6 +136,15 @@ def preprocess(config: Mapping[str, Any], out_dir: str | Path) -> Path:
     )
 
 
+def model_params(config: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> dict:
+    """The model config to train with: `model_cfg` plus the prior's sign when there is a prior."""
+    if prior_msa(config) is None:
+        return dict(model_cfg)
+    from lyra.prior import PRIOR_SIGNS
+
+    return {**model_cfg, "prior_sign": PRIOR_SIGNS[config["prior"].get("sign", "learn")]}
+
+
 def tune_worker(config: Mapping[str, Any], dataset: str | Path, journal: str | Path, worker: int) -> int:
     from lyra.tune import TuneConfig, run_worker
 
@@ -143,7 +152,7 @@ def tune_worker(config: Mapping[str, Any], dataset: str | Path, journal: str | P
 
     tune_cfg = TuneConfig.from_dict({**config["tune"], "seed": config["seed"]})
     return run_worker(
-        dataset, journal, tune_cfg, dict(config["model"]), dict(config["train"]), worker,
+        dataset, journal, tune_cfg, model_params(config, config["model"]), dict(config["train"]), worker,
         study_name=study_name(config, dataset), prior_table=prior_table(config, load_dataset(dataset).meta),
     )
 
@@ -175,6 +184,7 @@ def train(config: Mapping[str, Any], dataset: str | Path, best_json: str | Path,
 
     ds = load_dataset(dataset)
     model_cfg, train_cfg = best_params(config, best_json)
+    model_cfg = model_params(config, model_cfg)
     out = Path(out)
     resume = out.with_name(f".{out.stem}.resume.pt")  # not a declared output: survives a killed job
     result = train_model(

@@ -27,6 +27,9 @@ from lyra.errors import ConfigError, DataError
 
 GAP = "-"
 MAX_POTTS_BYTES = 8 * 2**30  # refuse Potts fits that would need more memory than a typical job has
+# prior.sign -> LyraConfig.prior_sign: is a family-like variant expected to score higher (fitness,
+# brightness, binding enrichment) or lower (Kd, EC50)? "learn" lets the training variants decide.
+PRIOR_SIGNS = {"learn": 0, "positive": 1, "negative": -1}
 
 
 @dataclass

@@ -738,7 +738,7 @@ def evaluate_ensemble(checkpoint_paths: Sequence[str | os.PathLike], frame: pd.D
         seed = int(info.get("seed", len(per_seed)))
         entry = {"seed": seed, "best_epoch": int(info.get("best_epoch", 0)), **_summary(task, targets, y, p)}
         if model.config.prior_length:  # how much this member leans on the evolutionary prior, per target
-            entry["prior_beta"] = [float(b) for b in model.prior_beta.detach().cpu()]
+            entry["prior_beta"] = [float(b) for b in model.prior_weight().detach().cpu()]
         per_seed.append(entry)
         curves[seed] = info.get("history", [])
     ensemble = np.mean(preds, axis=0)

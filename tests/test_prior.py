@@ -4,6 +4,7 @@ training with it, the campaign config, and its zero-shot signal on the real GB1 
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,22 @@ def test_model_prior_term_is_beta_times_standardised_table_score():
         model(x[:, :5])
 
 
+@pytest.mark.parametrize("sign", [1, -1])
+def test_prior_weight_held_to_its_sign(sign):
+    model = Lyra(d_input=20, d_model=8, d_state=4, prior_length=6, prior_sign=sign)
+    assert float(model.prior_weight()) == pytest.approx(sign * math.log(2))  # softplus(0)
+    for raw in (-30.0, -1.0, 0.0, 4.0):
+        model.prior_beta.data.fill_(raw)
+        assert sign * float(model.prior_weight()) >= 0
+    model.prior_beta.data.fill_(0.0)
+    model.prior_table.copy_(torch.randn(6, 20))
+    x = torch.nn.functional.one_hot(torch.randint(20, (4, 6)), 20).float()
+    model(x).sum().backward()
+    assert model.prior_beta.grad is not None and float(model.prior_beta.grad.abs()) > 0
+    with pytest.raises(ConfigError, match="prior_sign"):
+        Lyra(d_input=20, prior_length=6, prior_sign=2)
+
+
 def _frame(n=120, seed=0):
     """Variants of WT whose fitness follows the conservation the alignment shows."""
     import pandas as pd
@@ -175,6 +192,27 @@ def test_training_with_a_prior_round_trips_through_the_checkpoint(tmp_path):
         train_model(bad, meta, tiny, cfg, seed=0, checkpoint_path=tmp_path / "b.pt", prior_table=table)
 
 
+def test_prior_sign_stops_contrary_training_variants_from_inverting_the_prior(tmp_path):
+    """Training variants that contradict the family (fitness = minus the first test's) invert a free
+    beta; prior.sign: positive keeps it >= 0, and metrics.json reports the weight actually used."""
+    from lyra.train import evaluate_ensemble
+
+    torch.set_num_threads(1)
+    table = prior_table({"msa": str(write_a2m(tmp_path / "f.a2m", WT, homologs()))}, WT, AA)
+    frame = _frame()
+    frame["fitness"] = -frame["fitness"]
+    meta = {"alphabet": "protein", "targets": ["fitness"], "task": "regression", "classes": None, "wild_type": WT}
+    cfg = TrainConfig(max_epochs=15, patience=100, batch_size=16, lr=5e-3, device="cpu")
+    tiny = {"d_model": 8, "d_state": 4, "pgc_expansions": [0.5], "n_s4d": 1}
+    beta = {}
+    for sign in (0, 1):
+        out = train_model(frame, meta, {**tiny, "prior_sign": sign}, cfg, seed=0,
+                          checkpoint_path=tmp_path / f"s{sign}.pt", prior_table=table)
+        beta[sign] = evaluate_ensemble([out.checkpoint_path], frame, meta)["per_seed"][0]["prior_beta"][0]
+    assert beta[0] < -0.05  # free: the data say the family is wrong, and the weight turns negative
+    assert 0 <= beta[1] < math.log(2)  # held positive: shrunk towards zero from its start, not inverted
+
+
 def test_campaign_config_checks_the_alignment(tmp_path):
     from lyra.config import resolve_config
     from lyra.pipeline import check_campaign
@@ -192,6 +230,15 @@ def test_campaign_config_checks_the_alignment(tmp_path):
         check_campaign(config)
     with pytest.raises(ConfigError, match="prior.model"):
         resolve_config({**raw, "prior": {"msa": "x", "model": "esm"}}, base_dir=root)
+    # prior.sign reaches the model config of tuning and training, and only with an alignment
+    from lyra.pipeline import model_params
+
+    assert config["prior"]["sign"] == "learn" and model_params(config, {"d_model": 8})["prior_sign"] == 0
+    signed = resolve_config({**raw, "prior": {"msa": "x.a2m", "sign": "negative"}}, base_dir=root)
+    assert model_params(signed, {"d_model": 8}) == {"d_model": 8, "prior_sign": -1}
+    assert "prior_sign" not in model_params(resolve_config({**raw, "prior": {"sign": "positive"}}, base_dir=root), {})
+    with pytest.raises(ConfigError, match="prior.sign"):
+        resolve_config({**raw, "prior": {"msa": "x", "sign": "up"}}, base_dir=root)
 
 
 @pytest.mark.skipif(not (SHARED / "gb1_wu2016").is_dir(), reason="../shared/data not found")
@@ -233,7 +280,7 @@ def test_campaign_with_a_prior_runs_every_stage(tmp_path, monkeypatch):
     cfg["library"].update(n_shards=1)
     cfg["rank"].update(top_n=5)
     cfg["rounds"]["dir"] = None
-    cfg["prior"] = {"msa": str(tmp_path / "family.a2m")}
+    cfg["prior"] = {"msa": str(tmp_path / "family.a2m"), "sign": "positive"}  # CR6261: -log10 Kd, higher binds
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     monkeypatch.chdir(tmp_path)
@@ -241,6 +288,7 @@ def test_campaign_with_a_prior_runs_every_stage(tmp_path, monkeypatch):
     out = run_campaign(load_config(path), results=tmp_path / "results", config_files=(str(path),))
     model, info = load_checkpoint(out / "models" / "seed0.pt")
     assert info["model_config"]["prior_length"] == len(wt) and float(model.prior_table.abs().sum()) > 0
+    assert info["model_config"]["prior_sign"] == 1 and float(model.prior_weight()) > 0
     assert len((out / "ranking.csv").read_text().splitlines()) == 6
     roles = {r["role"] for r in json.loads((out / "manifest.json").read_text())["inputs"]}
     assert "prior msa" in roles
