@@ -54,6 +54,9 @@ def library(n: int, seed: int = 0, max_k: int = 3) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "score"])
 
 
+ALL_TRAIN = {"fractions": {"train": 1.0}, "valid_fraction": 0}  # every variant in train: no split to reason about
+
+
 def data_cfg(path, **kw) -> dict:
     return {"path": str(path), "mutations_column": "variant", "wild_type": WT, "target_column": "score", **kw}
 
@@ -121,7 +124,7 @@ def test_replicates_are_averaged_and_missing_targets_counted(tmp_path):
     report = (tmp_path / "o" / "report.md").read_text()
     assert "| replicate rows merged into an earlier row (same sequence) | 3 |" in report
 
-    prepare_dataset(data_cfg(path, aggregate="median"), {"fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "m")
+    prepare_dataset(data_cfg(path, aggregate="median"), ALL_TRAIN, tmp_path / "m")
     assert load_dataset(tmp_path / "m" / "dataset.parquet").frame.set_index("variant_id").loc["K2A", "score"] == pytest.approx(0.7)
     with pytest.raises(DataError, match=r"row 4: the same sequence appears on an earlier row"):
         prepare_dataset(data_cfg(path, aggregate="error"), None, tmp_path / "e")
@@ -131,7 +134,7 @@ def test_multiple_targets_and_counts(tmp_path):
     path = tmp_path / "multi.csv"
     path.write_text("variant,a,b,reads\nWT,1,10,100\nK2A,2,,50\nT3S,3,30,5\nT3S,5,50,7\nY5F,4,40,2\n")
     cfg = data_cfg(path, target_column=["a", "b"], count_column="reads", min_count=3)
-    prepare_dataset(cfg, {"fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "o")
+    prepare_dataset(cfg, ALL_TRAIN, tmp_path / "o")
     ds = load_dataset(tmp_path / "o" / "dataset.parquet")
     f = ds.frame.set_index("variant_id")
     assert ds.targets == ["a", "b"] and list(f.index) == ["WT", "T3S"]
@@ -145,7 +148,7 @@ def test_classification(tmp_path):
     path = tmp_path / "cls.csv"
     path.write_text("variant,label\nWT,binder\nK2A,binder\nT3S,non-binder\nY5F,\nI6V,non-binder\n")
     prepare_dataset(data_cfg(path, target_column="label", task="classification"),
-                    {"fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "o")
+                    ALL_TRAIN, tmp_path / "o")
     ds = load_dataset(tmp_path / "o" / "dataset.parquet")
     assert ds.classes == ["binder", "non-binder"]
     assert pq.read_schema(tmp_path / "o" / "dataset.parquet").field("label").type == pa.string()
@@ -156,21 +159,18 @@ def test_classification(tmp_path):
 def test_dna_and_rna_measurements(tmp_path):
     dna = tmp_path / "dna.csv"
     dna.write_text("variant,score\nWT,0\nT2G,1\nG3C;C5A,2\n")
-    prepare_dataset(data_cfg(dna, wild_type="ATGGCTAAA", alphabet="dna"),
-                    {"fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "d")
-    ds = load_dataset(tmp_path / "d" / "dataset.parquet")
+    ds = load_dataset(prepare_dataset(data_cfg(dna, wild_type="ATGGCTAAA", alphabet="dna"), ALL_TRAIN, tmp_path / "d"))
     assert ds.alphabet == "dna"
     assert dict(zip(ds.frame.variant_id, ds.frame.sequence)) == {
         "WT": "ATGGCTAAA", "T2G": "AGGGCTAAA", "G3C:C5A": "ATCGATAAA"}
     rna = tmp_path / "rna.csv"
     rna.write_text("sequence,score\naugGCU,0\nAUGGCA,1\nACGGCU,2\n")
     cfg = {"path": str(rna), "sequence_column": "sequence", "alphabet": "rna", "target_column": "score"}
-    prepare_dataset(cfg, {"fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "r")
-    ds = load_dataset(tmp_path / "r" / "dataset.parquet")
+    ds = load_dataset(prepare_dataset(cfg, ALL_TRAIN, tmp_path / "r"))
     assert ds.alphabet == "rna" and sorted(ds.frame.sequence) == ["ACGGCU", "AUGGCA", "AUGGCU"]
     rna.write_text("sequence,score\nAUGGCU,0\nATGGCA,1\n")  # T is DNA, not RNA
     with pytest.raises(DataError, match=r"rna\.csv, row 3: .*'T' at position 2 is not in the rna alphabet"):
-        prepare_dataset(cfg, {"fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "r2")
+        prepare_dataset(cfg, ALL_TRAIN, tmp_path / "r2")
     assert not (tmp_path / "r2").exists()
 
 
@@ -178,9 +178,7 @@ def test_first_position_offset_end_to_end(tmp_path):
     """Mutations numbered from 126 (a domain cut out of a longer protein): sequences, ids, report, errors."""
     path = tmp_path / "m.csv"
     path.write_text("variant,score\nWT,0\nK127A,1\nT128S:Y130F,2\nI131V,3\n")
-    prepare_dataset(data_cfg(path, first_position=126), {"fractions": {"train": 1.0}, "valid_fraction": 0},
-                    tmp_path / "o")
-    f = load_dataset(tmp_path / "o" / "dataset.parquet").frame
+    f = load_dataset(prepare_dataset(data_cfg(path, first_position=126), ALL_TRAIN, tmp_path / "o")).frame
     assert dict(zip(f.variant_id, f.sequence)) == {
         "WT": WT, "K127A": "MA" + WT[2:], "T128S:Y130F": "MKSAF" + WT[5:], "I131V": WT[:5] + "V" + WT[6:]}
     assert "| 130 | Y | 1 | 0 | 0 | F |" in (tmp_path / "o" / "report.md").read_text()
@@ -195,7 +193,7 @@ def test_unequal_lengths_allowed_when_asked(tmp_path):
     cfg = {"path": str(path), "sequence_column": "sequence", "wild_type": WT, "target_column": "score"}
     with pytest.raises(DataError, match="row 3: sequence length 28 differs"):
         prepare_dataset(cfg, None, tmp_path / "o")
-    prepare_dataset({**cfg, "equal_length": False}, {"fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "o")
+    prepare_dataset({**cfg, "equal_length": False}, ALL_TRAIN, tmp_path / "o")
     f = load_dataset(tmp_path / "o" / "dataset.parquet").frame
     assert f.variant_id.tolist() == ["WT", "seq2", "M1A:K2C"]
     assert f.mutations.isna().tolist() == [False, True, False]
