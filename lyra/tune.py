@@ -80,6 +80,7 @@ FIRST_PGC_EXPANSION, LATER_PGC_EXPANSION = 0.25, 2.0  # used when the config's l
 # Config fields that are not hyperparameters: the search may not touch them.
 NOT_SEARCHABLE = {
     "d_input", "d_output", "token_level", "pgc_expansions",  # model: fixed by the data / use n_pgc
+    "prior_length", "prior_sign",  # model: set by the prior section (the alignment, prior.sign)
     "seeds", "max_epochs", "patience", "device", "selection_metric", "num_workers", "eval_batch_size",
 }
 FINISHED_OR_LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)

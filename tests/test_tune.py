@@ -196,6 +196,7 @@ def test_default_config_and_merge():
     ({"search_space": {"d_model": {"type": "categorical", "choices": [8], "low": 1}}}, "tune.search_space.d_model.low"),
     ({"search_space": {"n_pgc": {"type": "int", "low": 0, "high": 2}}}, "tune.search_space.n_pgc.low"),
     ({"search_space": {"max_epochs": {"type": "int", "low": 1, "high": 9}}}, "tune.search_space.max_epochs"),
+    ({"search_space": {"prior_sign": {"type": "categorical", "choices": [-1, 1]}}}, "tune.search_space.prior_sign"),
     ({"search_space": {"width": 3}}, "tune.search_space.width"),
     ({"search_space": {"dropout": [0.1, 0.2]}}, "tune.search_space.dropout"),
     ({"search_space": ["lr"]}, "tune.search_space"),
