@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ridge import ridge_fit_predict  # noqa: E402
 from lyra.metrics import spearman  # noqa: E402
 from lyra.model import LyraConfig  # noqa: E402
+from lyra.prior import PRIOR_SIGNS  # noqa: E402
 from lyra.train import TrainConfig, evaluate_ensemble, train_model  # noqa: E402
 
 log = logging.getLogger("lyra.benchmarks.accuracy")
@@ -190,8 +191,6 @@ def _same_run(path: Path, model_cfg: dict, cfg: TrainConfig, prior: np.ndarray |
 def run_split(name: str, seeds: int, out_dir: Path, epochs: int | None, model_override: dict,
               train_override: dict, quick: bool, device: str, reuse: bool = False,
               members: list[int] | None = None, prior: str | None = None, prior_sign: str | None = None) -> dict:
-    from lyra.prior import PRIOR_SIGNS
-
     frame = load_split(name)
     prior = SETTINGS[name].prior if prior is None else prior
     prior_sign = SETTINGS[name].prior_sign if prior_sign is None else prior_sign
@@ -292,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="reuse checkpoints in --out trained with the same settings (grow an ensemble seed by seed)")
     p.add_argument("--prior", default=None, choices=["none", "independent", "potts"],
                    help="evolutionary prior term from the GB1 alignment (GB1 splits only; default: per split, see SETTINGS)")
-    p.add_argument("--prior-sign", choices=["learn", "positive", "negative"], default=None,
+    p.add_argument("--prior-sign", choices=list(PRIOR_SIGNS), default=None,
                    help="sign of the prior's weight (prior.sign; default: per split, see SETTINGS)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")

@@ -385,10 +385,10 @@ def _read_fasta(path: Path) -> pd.DataFrame:
     from Bio import SeqIO
 
     text = _open_text(path)
-    header_lines = [i for i, line in enumerate(text.getvalue().splitlines(), start=1) if line.startswith(">")]
+    lines = text.getvalue().splitlines()
+    header_lines = [i for i, line in enumerate(lines, start=1) if line.startswith(">")]
     if not header_lines:
         raise DataError("no FASTA header ('>') found: is this a FASTA file?", str(path), 1)
-    lines = text.getvalue().splitlines()
     first = next(i for i, line in enumerate(lines, start=1) if line.strip())
     if first < header_lines[0]:  # Biopython would refuse with a long message about comments
         raise DataError("text before the first '>' header line (remove it)", str(path), first)
