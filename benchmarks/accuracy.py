@@ -46,7 +46,7 @@ from benchmarks.ridge import ridge_fit_predict  # noqa: E402
 from lyra.metrics import spearman  # noqa: E402
 from lyra.model import LyraConfig  # noqa: E402
 from lyra.prior import PRIOR_SIGNS  # noqa: E402
-from lyra.train import TrainConfig, evaluate_ensemble, train_model  # noqa: E402
+from lyra.train import TrainConfig, evaluate_ensemble, replay_selection, train_model  # noqa: E402
 
 log = logging.getLogger("lyra.benchmarks.accuracy")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -173,7 +173,8 @@ def gb1_prior_table(model: str) -> np.ndarray:
 
 
 def _same_run(path: Path, model_cfg: dict, cfg: TrainConfig, prior: np.ndarray | None = None) -> bool:
-    """An existing checkpoint trained with these settings (the ensemble size and device aside)."""
+    """An existing checkpoint trained with these settings (the ensemble size and device aside), whose
+    epoch the current selection rule also picks (an older rule broke ties by the first epoch)."""
     if not path.exists():
         return False
     info = torch.load(path, weights_only=True)
@@ -184,7 +185,8 @@ def _same_run(path: Path, model_cfg: dict, cfg: TrainConfig, prior: np.ndarray |
     same_train = {k: v for k, v in info["train_config"].items() if k not in ignore} == \
         {k: v for k, v in cfg.to_dict().items() if k not in ignore}
     defaults = LyraConfig().to_dict()  # a key an older checkpoint lacks had its default
-    return same_train and all(info["model_config"].get(k, defaults.get(k)) == (list(v) if isinstance(v, tuple) else v)
+    same_epoch = replay_selection(info["history"], cfg.selection_metric, cfg.patience) == (info["best_epoch"], info["epoch"])
+    return same_train and same_epoch and all(info["model_config"].get(k, defaults.get(k)) == (list(v) if isinstance(v, tuple) else v)
                               for k, v in model_cfg.items())
 
 

@@ -1224,16 +1224,35 @@ class Dataset:
         return f[self.targets].to_numpy(dtype=np.float64)
 
 
-def load_dataset(path: str | Path) -> Dataset:
-    """Read a ``dataset.parquet`` written by ``prepare_dataset``."""
+def _lyra_meta(schema: pa.Schema, path: Path) -> dict:
+    raw = (schema.metadata or {}).get(b"lyra")
+    if raw is None:
+        raise DataError("not a lyra dataset (no 'lyra' metadata); prepare it with `lyra preprocess`", str(path))
+    return json.loads(raw)
+
+
+def _checked(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DataError("dataset file not found (run `lyra preprocess` first)", str(path))
+    return path
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Read a ``dataset.parquet`` written by ``prepare_dataset``."""
+    path = _checked(path)
     try:
         table = pq.read_table(path)
     except Exception as e:
         raise DataError(f"cannot read as Parquet: {_one_line(e)}", str(path)) from None
-    raw = (table.schema.metadata or {}).get(b"lyra")
-    if raw is None:
-        raise DataError("not a lyra dataset (no 'lyra' metadata); prepare it with `lyra preprocess`", str(path))
-    return Dataset(frame=table.to_pandas(), meta=json.loads(raw))
+    return Dataset(frame=table.to_pandas(), meta=_lyra_meta(table.schema, path))
+
+
+def load_dataset_meta(path: str | Path) -> dict:
+    """Only the metadata of a ``dataset.parquet`` (task, alphabet, wild type...): reads the footer, not the rows."""
+    path = _checked(path)
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:
+        raise DataError(f"cannot read as Parquet: {_one_line(e)}", str(path)) from None
+    return _lyra_meta(schema, path)

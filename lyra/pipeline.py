@@ -148,12 +148,12 @@ def model_params(config: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> dic
 def tune_worker(config: Mapping[str, Any], dataset: str | Path, journal: str | Path, worker: int) -> int:
     from lyra.tune import TuneConfig, run_worker
 
-    from lyra.datasets import load_dataset
+    from lyra.datasets import load_dataset_meta
 
     tune_cfg = TuneConfig.from_dict({**config["tune"], "seed": config["seed"]})
     return run_worker(
         dataset, journal, tune_cfg, model_params(config, config["model"]), dict(config["train"]), worker,
-        study_name=study_name(config, dataset), prior_table=prior_table(config, load_dataset(dataset).meta),
+        study_name=study_name(config, dataset), prior_table=prior_table(config, load_dataset_meta(dataset)),
     )
 
 
@@ -203,14 +203,13 @@ def evaluate(config: Mapping[str, Any], dataset: str | Path, checkpoints: list[s
     return Path(out)
 
 
-def _library_context(dataset: str | Path) -> tuple[Any, dict]:
-    from lyra.datasets import load_dataset
+def _library_meta(dataset: str | Path) -> dict:
+    from lyra.datasets import load_dataset_meta
 
-    ds = load_dataset(dataset)
-    meta = ds.meta
+    meta = load_dataset_meta(dataset)
     if not meta.get("wild_type"):
         raise ConfigError("library: the dataset has no wild type (set data.wild_type) to build a library from")
-    return ds, meta
+    return meta
 
 
 def score(
@@ -220,7 +219,7 @@ def score(
     from lyra.rank import score_shard
     from lyra.train import resolve_device
 
-    _, meta = _library_context(dataset)
+    meta = _library_meta(dataset)
     lib_cfg = LibraryConfig.from_dict(library_section(config))
     exclude = measured_sequences(dataset) if lib_cfg.exclude_measured else None
     return score_shard(

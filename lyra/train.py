@@ -2,7 +2,8 @@
 
 One call of `train_model` trains one ensemble member (one seed) on the rows with split == 'train',
 measures the validation split after every epoch, keeps a deep copy of the weights of the best
-validation epoch (the test split is never looked at), stops early when validation stops improving, and
+validation epoch (the test split is never looked at; a tie in the selection metric goes to the lower
+validation loss), stops early when validation stops improving, and
 writes the best weights as a checkpoint. With `resume_path` the whole training state is saved after
 every epoch, so a killed job continues where it stopped and ends with the same weights as an
 uninterrupted run: the data order and the dropout masks of epoch e are pure functions of (seed, e).
@@ -288,6 +289,9 @@ def _encode_frame(frame: pd.DataFrame, alphabet_name: str) -> tuple[torch.Tensor
     return torch.from_numpy(tokens), torch.from_numpy(mask)
 
 
+FEW_VALIDATION_ROWS = 20  # below this, warn: Spearman on a handful of rows takes few distinct values
+
+
 def _prepare(frame: pd.DataFrame, meta: Mapping[str, Any], cfg: TrainConfig):
     """-> (train _Split, valid _Split, transform dict or None, class weights tensor or None)."""
     task, targets, classes = _task_info(meta)
@@ -300,6 +304,10 @@ def _prepare(frame: pd.DataFrame, meta: Mapping[str, Any], cfg: TrainConfig):
         raise DataError("dataset has no training rows (split == 'train')")
     if not is_valid.any():
         raise DataError("dataset has no validation rows (split == 'valid'): the best epoch is chosen on them")
+    if is_valid.sum() < FEW_VALIDATION_ROWS:
+        log.warning("only %d validation variants: the best epoch and early stopping rest on them, so the choice "
+                    "is close to blind (a rank metric ties from the first epochs); raise split.valid_fraction "
+                    "when the campaign has the variants", int(is_valid.sum()))
     rows = is_train | is_valid
     tokens, mask = _encode_frame(frame[rows], meta["alphabet"])  # encoded once, padded to the longest
     y_raw = _targets(frame[rows], meta)
@@ -374,14 +382,38 @@ def _metrics(task: str, y_raw: np.ndarray, out: torch.Tensor, transform) -> dict
     return {k: float(np.mean([m[k] for m in per_target])) for k in per_target[0]}
 
 
-def _improves(score: float, best: float | None, higher: bool) -> bool:
+def _improves(score: float, best: float | None, higher: bool, loss: float = math.nan,
+              best_loss: float = math.nan) -> bool:
+    """Is this epoch better than the best so far? An exact tie goes to the lower validation loss: on a
+    handful of validation variants a rank metric ties often (Spearman 1.0 from epoch 1 on three rows),
+    and the first epoch to reach it is rarely the best model."""
     if best is None:
         return True
     if math.isnan(score):
         return False
     if math.isnan(best):
         return True
+    if score == best:
+        return loss < best_loss  # False when either is NaN
     return score > best if higher else score < best
+
+
+def replay_selection(history: list[dict], metric: str, patience: int) -> tuple[int, int]:
+    """(best epoch, last epoch) that the selection rule above picks from a run's per-epoch `history`
+    (a checkpoint's): to tell whether a checkpoint made by an older rule is the one this rule makes."""
+    higher = M.higher_is_better(metric)
+    best = best_loss = None
+    best_epoch = bad = last = 0
+    for row in history:
+        if 0 < patience <= bad:
+            break
+        score = row["valid_loss"] if metric == "loss" else row[f"valid_{metric}"]
+        if _improves(score, best, higher, row["valid_loss"], math.nan if best_loss is None else best_loss):
+            best, best_loss, best_epoch, bad = score, row["valid_loss"], row["epoch"], 0
+        else:
+            bad += 1
+        last = row["epoch"]
+    return best_epoch, last
 
 
 def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -564,7 +596,7 @@ def train_model(
                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
                 state["history"].append(row)
                 score = scores[metric]
-                if _improves(score, state["best_score"], higher):
+                if _improves(score, state["best_score"], higher, valid_loss, state["best_valid"].get("loss", math.nan)):
                     state.update(best_epoch=epoch, best_score=score, best_valid=scores,
                                  best_state=_cpu_state(model), bad_epochs=0)
                 else:

@@ -22,6 +22,7 @@ from lyra.datasets import (
     SplitConfig,
     demo_data_path,
     load_dataset,
+    load_dataset_meta,
     prepare_dataset,
     read_table,
 )
@@ -412,12 +413,21 @@ def test_configs_reject_unknown_and_bad_keys():
     assert DataConfig.from_dict({"path": "x", "target_column": ["a", "b"]}).targets == ["a", "b"]
 
 
-def test_load_dataset_rejects_foreign_parquet(tmp_path):
+@pytest.mark.parametrize("load", [load_dataset, load_dataset_meta])
+def test_load_dataset_rejects_foreign_parquet(tmp_path, load):
     pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "x.parquet")
-    with pytest.raises(DataError, match="not a lyra dataset"):
-        load_dataset(tmp_path / "x.parquet")
-    with pytest.raises(DataError, match="not found"):
-        load_dataset(tmp_path / "missing.parquet")
+    with pytest.raises(DataError, match="x.parquet.*not a lyra dataset"):
+        load(tmp_path / "x.parquet")
+    with pytest.raises(DataError, match="missing.parquet.*not found"):
+        load(tmp_path / "missing.parquet")
+    (tmp_path / "bad.parquet").write_text("variant,fitness\n")
+    with pytest.raises(DataError, match="bad.parquet.*cannot read as Parquet"):
+        load(tmp_path / "bad.parquet")
+
+
+def test_load_dataset_meta_is_the_datasets_meta(table, tmp_path):
+    out = prepare_dataset(data_cfg(table), {"method": "random", "seed": 3}, tmp_path / "data")
+    assert load_dataset_meta(out) == load_dataset(out).meta
 
 
 def test_demo_data_path():

@@ -27,6 +27,7 @@ from lyra.train import (
     invert_transform,
     load_checkpoint,
     predict_sequences,
+    replay_selection,
     resolve_device,
     train_model,
     write_metrics,
@@ -137,6 +138,22 @@ def test_selects_best_validation_epoch_with_a_deep_copy(frame, tmp_path):
     assert torch.load(r.checkpoint_path, weights_only=True)["best_epoch"] == r.best_epoch
 
 
+def test_a_tied_validation_metric_goes_to_the_lower_validation_loss(frame, tmp_path, caplog):
+    # three validation rows: Spearman takes few values and ties from early on (FLIP one_vs_rest has three)
+    few = frame.copy()
+    valid = np.flatnonzero(few["split"] == "valid")
+    few.loc[few.index[valid[3:]], "split"] = "train"
+    r = train_model(few, META, TINY, cfg(max_epochs=12), seed=0, checkpoint_path=tmp_path / "m.pt")
+    spearman = np.array([row["valid_spearman"] for row in r.history])
+    loss = np.array([row["valid_loss"] for row in r.history])
+    tied = np.flatnonzero(spearman == spearman.max())
+    assert len(tied) >= 2  # the case under test
+    assert r.best_epoch == 1 + tied[np.argmin(loss[tied])]
+    assert r.best_epoch != 1 + tied[0]  # the first epoch to reach the maximum is not the one kept
+    assert replay_selection(r.history, "spearman", patience=100) == (r.best_epoch, 12)
+    assert "only 3 validation variants" in caplog.text
+
+
 def test_test_split_never_influences_training(frame, tmp_path):
     scrambled = frame.copy()
     test = scrambled["split"] == "test"
@@ -153,6 +170,8 @@ def test_early_stopping(frame, tmp_path):
                     checkpoint_path=tmp_path / "m.pt")
     assert r.stopped_early
     assert len(r.history) == r.best_epoch + 2 < 60
+    assert replay_selection(r.history, "spearman", patience=2) == (r.best_epoch, len(r.history))
+    assert replay_selection(r.history, "loss", patience=0)[0] == 1 + int(np.argmin([h["valid_loss"] for h in r.history]))
 
 
 def test_needs_validation_rows(frame, tmp_path):
@@ -305,7 +324,9 @@ def test_classification(tmp_path):
         r = train_model(frame, meta, TINY, cfg(max_epochs=8, lr=1e-2, class_weights="balanced"), seed=seed,
                         checkpoint_path=tmp_path / f"s{seed}.pt")
         assert {"valid_accuracy", "valid_auroc", "valid_mcc"} <= r.history[0].keys()
-        assert r.best_epoch == 1 + int(np.argmax([h["valid_accuracy"] for h in r.history]))
+        accuracy = np.array([h["valid_accuracy"] for h in r.history])
+        tied = np.flatnonzero(accuracy == accuracy.max())  # accuracy ties often: the lowest loss among them
+        assert r.best_epoch == 1 + tied[np.argmin([r.history[i]["valid_loss"] for i in tied])]
         paths.append(r.checkpoint_path)
     out = evaluate_ensemble(paths, frame, meta)
     assert set(out["ensemble"]) == {"accuracy", "auroc", "mcc"} and len(out["per_seed"]) == 2

@@ -1,0 +1,56 @@
+"""benchmarks/accuracy.py end to end on a small public split: the table is produced, ridge matches the
+issue's reference, and `--reuse` reassembles an ensemble only from checkpoints the current rules make.
+
+Skipped when ../shared/data is missing (the benchmark reads the public splits from there)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import accuracy
+from lyra.train import TrainConfig
+
+pytestmark = pytest.mark.skipif(not accuracy.DATA.is_dir(), reason=f"{accuracy.DATA} not found")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)  # main() sets its own thread count
+
+
+def test_quick_run_then_reuse(tmp_path, caplog, capsys):
+    args = ["--splits", "two_vs_rest", "--quick", "--out", str(tmp_path / "ck"), "--json", str(tmp_path / "r.json")]
+    accuracy.main(args)
+    first = json.loads((tmp_path / "r.json").read_text())[0]
+    assert first["split"] == "two_vs_rest" and first["seeds"] == 1 and first["n_train"] == 381
+    assert first["ridge_test_spearman"] == pytest.approx(0.594, abs=0.0005)  # issue 4's reference: 0.59
+    assert -1 <= first["test_spearman"] <= 1 and first["best_epochs"][0] <= 3
+    assert "| two_vs_rest | 381 |" in capsys.readouterr().out
+
+    caplog.set_level("INFO")
+    accuracy.main([*args, "--reuse"])
+    again = json.loads((tmp_path / "r.json").read_text())[0]
+    assert "reusing" in caplog.text
+    assert again["test_spearman"] == first["test_spearman"] and again["member_seconds"] == first["member_seconds"]
+
+
+def test_reuse_refuses_a_checkpoint_whose_epoch_the_rule_would_not_pick(tmp_path):
+    accuracy.main(["--splits", "two_vs_rest", "--quick", "--out", str(tmp_path)])
+    path = tmp_path / "two_vs_rest" / "seed0.pt"
+    info = torch.load(path, weights_only=True)
+    cfg = TrainConfig.from_dict(info["train_config"])
+    model_cfg = {k: info["model_config"][k] for k in accuracy.SETTINGS["two_vs_rest"].model}
+    table = accuracy.gb1_prior_table(accuracy.SETTINGS["two_vs_rest"].prior)
+    assert accuracy._same_run(path, model_cfg, cfg, table)
+    # an older rule that kept another epoch (say, the first of a tie), or stopped elsewhere
+    for change in ({"best_epoch": info["best_epoch"] % 3 + 1}, {"epoch": info["epoch"] - 1}):
+        torch.save({**info, **change}, tmp_path / "other.pt")
+        assert not accuracy._same_run(tmp_path / "other.pt", model_cfg, cfg, table)
+    assert not accuracy._same_run(path, {**model_cfg, "d_model": 8}, cfg, table)
+    assert not accuracy._same_run(path, model_cfg, cfg, None)
