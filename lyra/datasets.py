@@ -31,7 +31,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -1231,28 +1231,21 @@ def _lyra_meta(schema: pa.Schema, path: Path) -> dict:
     return json.loads(raw)
 
 
-def _checked(path: str | Path) -> Path:
-    path = Path(path)
+def _read_parquet(path: Path, read: Callable[[Path], Any]) -> Any:
     if not path.is_file():
         raise DataError("dataset file not found (run `lyra preprocess` first)", str(path))
-    return path
+    try:
+        return read(path)
+    except Exception as e:
+        raise DataError(f"cannot read as Parquet: {_one_line(e)}", str(path)) from None
 
 
 def load_dataset(path: str | Path) -> Dataset:
     """Read a ``dataset.parquet`` written by ``prepare_dataset``."""
-    path = _checked(path)
-    try:
-        table = pq.read_table(path)
-    except Exception as e:
-        raise DataError(f"cannot read as Parquet: {_one_line(e)}", str(path)) from None
-    return Dataset(frame=table.to_pandas(), meta=_lyra_meta(table.schema, path))
+    table = _read_parquet(Path(path), pq.read_table)
+    return Dataset(frame=table.to_pandas(), meta=_lyra_meta(table.schema, Path(path)))
 
 
 def load_dataset_meta(path: str | Path) -> dict:
     """Only the metadata of a ``dataset.parquet`` (task, alphabet, wild type...): reads the footer, not the rows."""
-    path = _checked(path)
-    try:
-        schema = pq.read_schema(path)
-    except Exception as e:
-        raise DataError(f"cannot read as Parquet: {_one_line(e)}", str(path)) from None
-    return _lyra_meta(schema, path)
+    return _lyra_meta(_read_parquet(Path(path), pq.read_schema), Path(path))
