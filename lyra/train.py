@@ -596,7 +596,8 @@ def train_model(
                        "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
                 state["history"].append(row)
                 score = scores[metric]
-                if _improves(score, state["best_score"], higher, valid_loss, state["best_valid"].get("loss", math.nan)):
+                best_loss = state["best_valid"].get("loss", math.nan)
+                if _improves(score, state["best_score"], higher, valid_loss, best_loss):
                     state.update(best_epoch=epoch, best_score=score, best_valid=scores,
                                  best_state=_cpu_state(model), bad_epochs=0)
                 else:
