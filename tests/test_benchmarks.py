@@ -6,7 +6,6 @@ Skipped when ../shared/data is missing (the benchmark reads the public splits fr
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.skipif(not accuracy.DATA.is_dir(), reason=f"{accuracy.D
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def restore_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)  # main() sets its own thread count
