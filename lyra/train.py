@@ -402,13 +402,13 @@ def replay_selection(history: list[dict], metric: str, patience: int) -> tuple[i
     """(best epoch, last epoch) that the selection rule above picks from a run's per-epoch `history`
     (a checkpoint's): to tell whether a checkpoint made by an older rule is the one this rule makes."""
     higher = M.higher_is_better(metric)
-    best = best_loss = None
+    best, best_loss = None, math.nan
     best_epoch = bad = last = 0
     for row in history:
         if 0 < patience <= bad:
             break
         score = row["valid_loss"] if metric == "loss" else row[f"valid_{metric}"]
-        if _improves(score, best, higher, row["valid_loss"], math.nan if best_loss is None else best_loss):
+        if _improves(score, best, higher, row["valid_loss"], best_loss):
             best, best_loss, best_epoch, bad = score, row["valid_loss"], row["epoch"], 0
         else:
             bad += 1
