@@ -53,3 +53,36 @@ def test_reuse_refuses_a_checkpoint_whose_epoch_the_rule_would_not_pick(tmp_path
         assert not accuracy._same_run(tmp_path / "other.pt", model_cfg, cfg, table)
     assert not accuracy._same_run(path, {**model_cfg, "d_model": 8}, cfg, table)
     assert not accuracy._same_run(path, model_cfg, cfg, None)
+
+
+def test_tune_searches_on_train_and_validation_rows_then_trains_with_the_best(tmp_path, caplog):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    args = ["--splits", "two_vs_rest", "--quick", "--tune", "3", "--tune-workers", "2", "--out", str(tmp_path),
+            "--json", str(tmp_path / "r.json")]
+    accuracy.main(args)
+    row = json.loads((tmp_path / "r.json").read_text())[0]
+    tune_dir = tmp_path / "two_vs_rest" / "tuned3" / "tune"
+    trials = pd.read_csv(tune_dir / "trials.tsv", sep="\t")
+    assert len(trials) == 3 and set(trials["state"]) == {"COMPLETE"} and set(trials["worker"]) == {0, 1}
+    setting = accuracy.SETTINGS["two_vs_rest"]
+    assert trials.loc[0, "fixed"] and trials.loc[0, "params_batch_size"] == setting.train["batch_size"]  # trial 0
+    assert set(pq.read_table(tune_dir / "dataset.parquet").column("split").to_pylist()) == {"train", "valid"}
+
+    best = json.loads((tune_dir / "best.json").read_text())
+    assert row["tuned"]["best_value"] == best["best_value"] == trials["value"].max()
+    info = torch.load(tmp_path / "two_vs_rest" / "tuned3" / "seed0.pt", weights_only=True)
+    for key, value in best["best_params"].items():
+        config = info["train_config"] if key in info["train_config"] else info["model_config"]
+        if key == "n_pgc":
+            assert len(config["pgc_expansions"]) == value
+        elif key == "d_state":
+            assert config[key] == value + value % 2
+        else:
+            assert config[key] == pytest.approx(value)
+
+    caplog.set_level("INFO")  # a rerun resumes the full study and reuses the members
+    accuracy.main([*args, "--reuse"])
+    assert "reusing" in caplog.text and len(pd.read_csv(tune_dir / "trials.tsv", sep="\t")) == 3
+    assert json.loads((tmp_path / "r.json").read_text())[0]["test_spearman"] == row["test_spearman"]
