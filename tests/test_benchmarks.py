@@ -86,3 +86,42 @@ def test_tune_searches_on_train_and_validation_rows_then_trains_with_the_best(tm
     accuracy.main([*args, "--reuse"])
     assert "reusing" in caplog.text and len(pd.read_csv(tune_dir / "trials.tsv", sep="\t")) == 3
     assert json.loads((tmp_path / "r.json").read_text())[0]["test_spearman"] == row["test_spearman"]
+
+
+def test_a_member_killed_mid_run_continues_from_its_last_epoch(tmp_path, monkeypatch, caplog):
+    args = ["--splits", "two_vs_rest", "--quick", "--json", str(tmp_path / "r.json")]
+    accuracy.main([*args, "--out", str(tmp_path / "whole")])
+    whole = json.loads((tmp_path / "r.json").read_text())[0]
+
+    real = accuracy.train_model
+
+    def killed_after_epoch_1(*a, **kw):
+        def report(epoch, value):
+            if epoch == 1:
+                raise RuntimeError("job killed")
+        return real(*a, **kw, report=report)
+
+    monkeypatch.setattr(accuracy, "train_model", killed_after_epoch_1)
+    with pytest.raises(RuntimeError, match="job killed"):
+        accuracy.main([*args, "--out", str(tmp_path / "killed")])
+    member = tmp_path / "killed" / "two_vs_rest"
+    assert (member / "seed0.resume.pt").exists() and not (member / "seed0.pt").exists()
+
+    monkeypatch.setattr(accuracy, "train_model", real)
+    caplog.set_level("INFO")
+    accuracy.main([*args, "--out", str(tmp_path / "killed")])
+    assert "resuming" in caplog.text and not (member / "seed0.resume.pt").exists()
+    resumed = json.loads((tmp_path / "r.json").read_text())[0]
+    assert resumed["test_spearman"] == whole["test_spearman"]  # deterministic on CPU, interrupted or not
+
+
+def test_data_folder_from_the_environment(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = "from benchmarks import accuracy; print(accuracy.DATA, accuracy.GB1_ALIGNMENT)"
+    env = {**os.environ, "LYRA_BENCH_DATA": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=accuracy.Path(accuracy.__file__).parents[1]).stdout.split()
+    assert out == [str(tmp_path), str(tmp_path / "gb1_wu2016" / "GB1_Alignment.a2m")]
