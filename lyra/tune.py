@@ -392,6 +392,13 @@ def _normalise(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def _full_model(model: Mapping[str, Any]) -> dict:
+    """The model config with LyraConfig's defaults filled in: a key stated at its default is no change."""
+    from lyra.model import LyraConfig
+
+    return _normalise(LyraConfig.from_dict(dict(model)).to_dict())
+
+
 def _init_study(study: optuna.Study, journal_path: Path, tune_cfg: TuneConfig, model_cfg: dict,
                 train_cfg: Any) -> None:
     """Under the trial lock: record the config and enqueue the fixed trial, once per study."""
@@ -409,6 +416,8 @@ def _init_study(study: optuna.Study, journal_path: Path, tune_cfg: TuneConfig, m
                 a, b = recorded[part], mine[part]
                 if keys is not None:
                     a, b = {k: a.get(k) for k in keys}, {k: b.get(k) for k in keys}
+                else:
+                    a, b = _full_model(a), _full_model(b)
                 if a != b:
                     key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), part)
                     raise ConfigError(f"{journal_path}: study {study.study_name!r} was started with a different "

@@ -462,6 +462,21 @@ def test_study_resumed_with_another_seed_is_refused(tmp_path):
         run_worker(dataset, journal, tune_cfg(n_trials=4, seed=9), TINY_MODEL, TINY_TRAIN, 0, train_fn=StubTrain())
 
 
+def test_study_resumes_when_a_model_key_is_stated_at_its_default_and_refuses_a_real_change(tmp_path):
+    from lyra.model import LyraConfig
+
+    dataset = write_dataset(tmp_path / "dataset.parquet")
+    journal = tmp_path / "journal.log"
+    run_worker(dataset, journal, tune_cfg(n_trials=2), TINY_MODEL, TINY_TRAIN, 0, train_fn=StubTrain())
+    assert "bidirectional" not in TINY_MODEL
+    stated = {**TINY_MODEL, "bidirectional": LyraConfig().bidirectional}
+    run_worker(dataset, journal, tune_cfg(n_trials=3), stated, TINY_TRAIN, 0, train_fn=StubTrain())
+    assert len(load(journal).trials) == 3
+    with pytest.raises(ConfigError, match=r"different model config \(model.bidirectional\)"):
+        run_worker(dataset, journal, tune_cfg(n_trials=4), {**stated, "bidirectional": not stated["bidirectional"]},
+                   TINY_TRAIN, 0, train_fn=StubTrain())
+
+
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
 def test_simultaneous_start_respects_cap_and_enqueues_once(tmp_path):
     """Four workers released at the same instant race for the fixed trial and for 2 slots."""
