@@ -392,11 +392,15 @@ def _normalise(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def _full_model(model: Mapping[str, Any]) -> dict:
-    """The model config with LyraConfig's defaults filled in: a key stated at its default is no change."""
+def _comparable_models(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Both model configs with LyraConfig's defaults filled in, so that a key stated at its default is
+    no change; both as given when one holds a key this version does not know (an older journal)."""
     from lyra.model import LyraConfig
 
-    return _normalise(LyraConfig.from_dict(dict(model)).to_dict())
+    try:
+        return tuple(_normalise(LyraConfig.from_dict(dict(m)).to_dict()) for m in (a, b))
+    except (ConfigError, TypeError, ValueError):
+        return dict(a), dict(b)
 
 
 def _init_study(study: optuna.Study, journal_path: Path, tune_cfg: TuneConfig, model_cfg: dict,
@@ -417,7 +421,7 @@ def _init_study(study: optuna.Study, journal_path: Path, tune_cfg: TuneConfig, m
                 if keys is not None:
                     a, b = {k: a.get(k) for k in keys}, {k: b.get(k) for k in keys}
                 else:
-                    a, b = _full_model(a), _full_model(b)
+                    a, b = _comparable_models(a, b)
                 if a != b:
                     key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), part)
                     raise ConfigError(f"{journal_path}: study {study.study_name!r} was started with a different "

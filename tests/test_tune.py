@@ -477,6 +477,19 @@ def test_study_resumes_when_a_model_key_is_stated_at_its_default_and_refuses_a_r
                    TINY_TRAIN, 0, train_fn=StubTrain())
 
 
+def test_study_from_a_version_with_another_model_key_is_refused_by_name(tmp_path):
+    from lyra.tune import CONFIG_ATTR
+
+    dataset = write_dataset(tmp_path / "dataset.parquet")
+    journal = tmp_path / "journal.log"
+    run_worker(dataset, journal, tune_cfg(n_trials=2), TINY_MODEL, TINY_TRAIN, 0, train_fn=StubTrain())
+    study = load(journal)
+    recorded = study.user_attrs[CONFIG_ATTR]
+    study.set_user_attr(CONFIG_ATTR, {**recorded, "model": {**recorded["model"], "old_key": 1}})
+    with pytest.raises(ConfigError, match=r"different model config \(model.old_key\)"):
+        run_worker(dataset, journal, tune_cfg(n_trials=3), TINY_MODEL, TINY_TRAIN, 0, train_fn=StubTrain())
+
+
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
 def test_simultaneous_start_respects_cap_and_enqueues_once(tmp_path):
     """Four workers released at the same instant race for the fixed trial and for 2 slots."""
