@@ -382,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
                         "rows and train the ensemble with its best parameters (under OUT/SPLIT/tunedN)")
     p.add_argument("--tune-workers", type=int, default=2, help="parallel tuning processes (one thread each)")
     args = p.parse_args(argv)
+    if not DATA.is_dir():
+        raise SystemExit(f"data folder {DATA} not found (../shared/data beside the repository, or LYRA_BENCH_DATA)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     seeds = 1 if args.quick else args.seeds

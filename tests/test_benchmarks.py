@@ -125,3 +125,10 @@ def test_data_folder_from_the_environment(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=accuracy.Path(accuracy.__file__).parents[1]).stdout.split()
     assert out == [str(tmp_path), str(tmp_path / "gb1_wu2016" / "GB1_Alignment.a2m")]
+
+
+def test_a_missing_data_folder_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(accuracy, "DATA", tmp_path / "absent")
+    with pytest.raises(SystemExit, match=r"data folder .*absent not found"):
+        accuracy.main(["--splits", "two_vs_rest", "--quick", "--out", str(tmp_path / "ck")])
+    assert not (tmp_path / "ck").exists()
