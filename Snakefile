@@ -1,10 +1,9 @@
 # Lyra campaign workflow: preprocess -> tune -> train -> score -> rank -> report.
 #
-#   snakemake --report report.html                    # the HTML report of a finished campaign
-#
 #   snakemake --cores 2                               # the demo campaign (config/config.yaml)
-#   snakemake --cores 2 --configfile my_campaign.yaml # your campaign
-#   snakemake --profile slurm                         # the same, on a SLURM cluster
+#   snakemake --cores 2 --configfile my_campaign.yaml # your campaign: your file is the whole campaign
+#   snakemake --profile slurm --configfile my.yaml    # the same, on a SLURM cluster
+#   snakemake --report report.html --configfile my.yaml  # the HTML report of a finished campaign
 #
 # Rules are thin: each calls one `lyra <stage>` command; the logic lives in the lyra package.
 
@@ -13,7 +12,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo runs only when no --configfile is given. A campaign that brings its own file gets that file
+# and the schema's defaults, nothing of the demo (Snakemake would otherwise extend this file with it).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"

@@ -39,7 +39,7 @@ keep_freed_memory()
 
 from lyra import pipeline
 from lyra.config import load_config, parse_overrides
-from lyra.errors import LyraError
+from lyra.errors import LyraError, one_line
 
 log = logging.getLogger("lyra")
 
@@ -122,11 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dispatch(args: argparse.Namespace) -> None:
+def _dispatch(args: argparse.Namespace, config: dict | None) -> None:
     if args.command == "gather":
         pipeline.gather(args.shards, args.out)
         return
-    config = load_config(args.config, parse_overrides(args.set))
     cmd = args.command
     if cmd == "run":
         root = pipeline.run_campaign(config, args.results, config_files=(args.config,))
@@ -176,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    source = getattr(args, "config", None)
     try:
-        _dispatch(args)
+        config = load_config(args.config, parse_overrides(args.set)) if source else None
+        # a stage config written by the workflow names the user's own file
+        source = (config or {}).get("_source") or source
+        _dispatch(args, config)
     except LyraError as e:
-        message = str(e)
-        config = getattr(args, "config", None)
-        if config and not message.startswith(str(config)) and "/" not in message.split(":")[0]:
-            message = f"{config}: {message}"  # every error names the file it is about
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(e, source)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -83,6 +83,7 @@ def resolve_config(raw: Mapping[str, Any], base_dir: str | os.PathLike = ".", so
     # A stage config written by the workflow carries the directory its paths were resolved against.
     base_dir = config.pop("_base_dir", base_dir)
     stage = config.pop("_stage", None)  # a stage config holds only that stage's sections
+    source = config.pop("_source", None) or source  # the user's file, which errors should name
     _check_unknown_keys(config, schema, source, prefix="")
     _fill_defaults(config, schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -96,8 +97,13 @@ def resolve_config(raw: Mapping[str, Any], base_dir: str | os.PathLike = ".", so
             missing = [k for k in e.validator_value if k not in e.instance]
             raise ConfigError(f"{source}: config key '{'.'.join(path + missing[:1])}' is required")
         key = ".".join(path) or "(top level)"
-        raise ConfigError(f"{source}: config key '{key}': {e.message}")
+        hint = ""
+        if path and path[-1].endswith(("_column", "column")) and isinstance(e.instance, (int, float)):
+            # YAML reads `target_column: 2500` as a number; the column's name is the text "2500"
+            hint = f" (a column name that looks like a number must be quoted: {path[-1]}: '{e.instance}')"
+        raise ConfigError(f"{source}: config key '{key}': {e.message}{hint}")
     config["_base_dir"] = str(Path(base_dir).resolve())
+    config["_source"] = source
     if stage is not None:
         config = {k: v for k, v in config.items() if k in STAGE_SECTIONS[stage] or k.startswith("_")}
     return config
@@ -110,6 +116,30 @@ def stage_config(config: Mapping[str, Any], stage: str) -> dict:
     sub["_base_dir"] = config.get("_base_dir", ".")
     sub["_stage"] = stage
     return sub
+
+
+def write_stage_config(config: Mapping[str, Any], stage: str, path: str | os.PathLike) -> bool:
+    """Write the stage's config file unless it already holds the same settings; return whether it was
+    written. A rewritten file is newer than the stage's outputs, so that stage and every later one
+    rerun (the workflow's params trigger does the same). The user's file name (`_source`, named in
+    errors) is recorded but is no setting: a renamed config file reruns nothing."""
+    from lyra.io import write_text
+
+    new = stage_config(config, stage)
+    path = Path(path)
+    if path.is_file():
+        try:
+            old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            old = None
+        if isinstance(old, dict) and _settings(old) == _settings(new):
+            return False
+    write_text(path, dump({**new, "_source": config.get("_source")}))
+    return True
+
+
+def _settings(stage_cfg: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in stage_cfg.items() if k != "_source"}
 
 
 def resolve_path(value: str | None, base_dir: str | os.PathLike = ".") -> str | None:

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from lyra.alphabet import get_alphabet
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path
-from lyra.variants import MutationParser, read_wild_type
+from lyra.variants import MutationParser, is_wild_type_token, read_wild_type
 
 log = logging.getLogger("lyra.datasets")
 
@@ -49,6 +49,7 @@ SPLITS = ("train", "valid", "test")
 FORMATS = ("csv", "tsv", "parquet", "fasta")
 TASKS = ("regression", "classification")
 AGGREGATES = ("mean", "median", "first", "error")
+DROP_KINDS = ("nonsense", "synonymous")  # data.drop_variants
 SPLIT_METHODS = ("random", "kfold", "n_mutations", "threshold", "positions", "column", "index_files")
 RESERVED_COLUMNS = ("variant_id", "sequence", "mutations", "n_mutations", "n_replicates", "count", "split", "fold")
 MISSING_TOKENS = frozenset({"", "na", "nan", "n/a", "null", "none"})
@@ -118,6 +119,8 @@ class DataConfig:
     count_column: str | None = None  # optional read count per row (validated, summed over replicates)
     min_count: int = 0  # rows with count < min_count are dropped (and counted)
     max_mutations: int | None = None  # keep only variants with at most this many substitutions (data file only)
+    drop_variants: list[str] = field(default_factory=list)  # nonsense / synonymous rows: dropped (and counted)
+    padding: str | None = None  # a filler letter stripped from both ends of every sequence (e.g. 'J')
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DataConfig":
@@ -138,6 +141,7 @@ class DataConfig:
             raise ConfigError(f"{p}.max_mutations: must be >= 0 or null, got {self.max_mutations}")
         if self.max_mutations is not None and self.wild_type is None:
             raise ConfigError(f"{p}.wild_type: required with data.max_mutations (mutations are counted against it)")
+        self._check_drop_variants()
         _check_type(p, "uppercase", self.uppercase, (bool,))
         _check_type(p, "equal_length", self.equal_length, (bool,))
         _check_type(p, "mutation_separators", self.mutation_separators, (str,))
@@ -169,6 +173,37 @@ class DataConfig:
             raise ConfigError(f"{p}.fasta_label_key: names the header key of one target, but there are {len(self.targets)}")
         if self.mutations_column is not None and self.wild_type is None:
             raise ConfigError(f"{p}.wild_type: required with data.mutations_column (a FASTA path or the sequence)")
+        self._check_padding()
+
+    def _check_padding(self) -> None:
+        _check_type("data", "padding", self.padding, (str,), allow_none=True)
+        if self.padding is None:
+            return
+        if len(self.padding) != 1 or self.padding.isspace():
+            raise ConfigError(f"data.padding: expected one letter (e.g. J), got {self.padding!r}")
+        if self.uppercase:  # compared with the sequences after they are upper-cased
+            self.padding = self.padding.upper()
+        ab = get_alphabet(self.alphabet)
+        if self.padding in ab.letters + ab.ambiguous:
+            raise ConfigError(f"data.padding: {self.padding!r} is a residue of the {ab.name} alphabet, "
+                              "so stripping it would cut real residues")
+        if self.padding == "*":  # a stop marks a nonsense variant (data.drop_variants)
+            raise ConfigError("data.padding: '*' is read as a stop codon, not as padding")
+
+    def _check_drop_variants(self) -> None:
+        kinds = self.drop_variants
+        if kinds is None:
+            kinds = []
+        if not isinstance(kinds, (list, tuple)) or not all(isinstance(k, str) for k in kinds):
+            raise ConfigError(f"data.drop_variants: expected a list of {', '.join(DROP_KINDS)}, got {kinds!r}")
+        unknown = [k for k in kinds if k not in DROP_KINDS]
+        if unknown:
+            raise ConfigError(f"data.drop_variants: {unknown[0]!r} is not one of {', '.join(DROP_KINDS)}")
+        self.drop_variants = list(dict.fromkeys(kinds))
+        # in a sequence column a synonymous variant is indistinguishable from the wild type
+        if "synonymous" in self.drop_variants and self.mutations_column is None:
+            raise ConfigError("data.drop_variants: 'synonymous' is recognised in data.mutations_column (A24A); "
+                              "set that column or leave 'synonymous' out")
 
     @property
     def targets(self) -> list[str]:
@@ -703,6 +738,7 @@ def _read_measurements(
     # ---- sequences: from mutations, from a sequence column, or both (then they must agree)
     seqs: list[str] | None = None
     mut_text: list[str] | None = None
+    given: list[str] | None = None
     if cfg.mutations_column is not None:
         mut_text = _text(raw[cfg.mutations_column])
         seqs = _sequences_from_mutations(mut_text, wild_type, cfg, ctx)
@@ -711,11 +747,38 @@ def _read_measurements(
         empty = [i for i, s in enumerate(given) if not s]
         if empty:
             raise ctx.error(empty[0], f"column {seq_col!r}: empty sequence")
+
+    # ---- nonsense and synonymous rows: dropped here when the config says so, before the residue checks
+    # below would refuse a stop; the file's row numbers (record) stay those of the whole file
+    record = np.arange(n)
+    synonymous = _synonymous_rows(mut_text, seqs, wild_type, n)
+    drop = np.zeros(n, dtype=bool)
+    for kind, rows_of_kind in (("nonsense", _nonsense_rows(seqs, given, n)), ("synonymous", synonymous)):
+        if kind in cfg.drop_variants:
+            counts[f"rows_dropped_{kind}"] = int(rows_of_kind.sum())
+            drop |= rows_of_kind
+    if "synonymous" not in cfg.drop_variants and synonymous.any():
+        counts["synonymous_rows_read_as_wild_type"] = int(synonymous.sum())
+    if drop.any():
+        if drop.all():
+            raise ctx.error(0, f"all {n} rows are variants that data.drop_variants drops "
+                               f"({', '.join(cfg.drop_variants)}): nothing is left")
+        record = np.flatnonzero(~drop)
+        raw = raw.iloc[record]
+        ctx = _Ctx(path, raw.index.to_numpy())
+        seqs, mut_text, given = (None if v is None else [v[i] for i in record] for v in (seqs, mut_text, given))
+        n = len(raw)
+
+    widths = None  # the padded widths, when data.padding strips the sequences
+    if given is not None:
         lower = pd.Series(given, dtype=object).str.contains("[a-z]", regex=True).to_numpy(dtype=bool)
         if cfg.uppercase:
             counts["lowercase_sequences_uppercased"] = int(lower.sum())
             if lower.any():
                 given = [s.upper() for s in given]
+        if cfg.padding is not None:
+            widths = np.fromiter((len(s) for s in given), dtype=np.int64, count=len(given))
+            given = _strip_padding(given, cfg.padding, seq_col, ctx)
         if seqs is not None:
             for i, (a, b) in enumerate(zip(seqs, given)):
                 if a != b:
@@ -726,10 +789,10 @@ def _read_measurements(
                     )
         seqs = given
     _check_residues(seqs, alphabet, cfg, ctx, mut_text)
-    _check_lengths(seqs, wild_type, cfg, ctx)
+    _check_lengths(seqs, wild_type, cfg, ctx, widths)
 
     # ---- targets, ids, counts
-    rows = pd.DataFrame({"sequence": seqs, "_src": src, "_line": raw.index.to_numpy(), "_record": np.arange(n)})
+    rows = pd.DataFrame({"sequence": seqs, "_src": src, "_line": raw.index.to_numpy(), "_record": record})
     missing = np.zeros(n, dtype=bool)
     counts["missing_target"] = {}
     for t, col in target_source.items():
@@ -764,7 +827,7 @@ def _read_measurements(
     if split_cfg.method in ("column", "index_files"):
         if src == 0:
             labels = (_column_labels(raw, split_cfg, ctx) if use_split_column
-                      else _index_file_labels(n, split_cfg, base_dir))
+                      else _index_file_labels(counts["rows_read"], split_cfg, base_dir)[record])
             excluded = labels == "exclude"
             counts["rows_excluded_by_split"] = int(excluded.sum())
             keep &= ~excluded
@@ -779,10 +842,32 @@ def _read_measurements(
         keep &= ~low
     keep &= ~missing
     if n and not keep.any():
-        raise ctx.error(0, f"all {n} rows of the file were dropped ({int(missing.sum())} with a missing target, "
-                           f"{counts.get('rows_excluded_by_split', 0)} excluded by the split, "
-                           f"{counts.get('rows_dropped_below_min_count', 0)} below data.min_count): nothing is left")
+        by_kind = int(drop.sum())
+        raise ctx.error(0, f"all {counts['rows_read']} rows of the file were dropped ({int(missing.sum())} with a "
+                           f"missing target, {counts.get('rows_excluded_by_split', 0)} excluded by the split, "
+                           f"{counts.get('rows_dropped_below_min_count', 0)} below data.min_count"
+                           + (f", {by_kind} by data.drop_variants" if by_kind else "") + "): nothing is left")
     return rows.loc[keep], counts
+
+
+def _nonsense_rows(seqs: list[str] | None, given: list[str] | None, n: int) -> np.ndarray:
+    """(n,) bool: rows with a stop '*', from a mutation (Q97*, also beside others) or in the sequence column."""
+    out = np.zeros(n, dtype=bool)
+    for values in (seqs, given):
+        if values is not None:
+            out |= pd.Series(values, dtype=object).str.contains("*", regex=False).to_numpy(dtype=bool)
+    return out
+
+
+def _synonymous_rows(mut_text: list[str] | None, seqs: list[str] | None, wild_type: str | None, n: int) -> np.ndarray:
+    """(n,) bool: rows that name mutations (A24A) yet spell the wild type, i.e. every mutation keeps its residue.
+
+    A missense row with an extra silent change (A2G:C5C) is that missense variant, not a synonymous one.
+    """
+    if mut_text is None or seqs is None or wild_type is None:
+        return np.zeros(n, dtype=bool)
+    return np.fromiter((s == wild_type and not is_wild_type_token(t) for t, s in zip(mut_text, seqs)), dtype=bool,
+                       count=n)
 
 
 def _sequences_from_mutations(text: list[str], wild_type: str, cfg: DataConfig, ctx: _Ctx) -> list[str]:
@@ -808,6 +893,19 @@ def _first_difference(a: str, b: str, first_position: int) -> str:
     return f"position {i + first_position}: {a[i]} vs {b[i]}"
 
 
+def _strip_padding(seqs: list[str], pad: str, column: str, ctx: _Ctx) -> list[str]:
+    """`pad` stripped from both ends of every sequence; one left inside, or a row of padding only, is an error."""
+    out = [s.strip(pad) for s in seqs]
+    for i, s in enumerate(out):
+        if not s:
+            raise ctx.error(i, f"column {column!r}: the sequence is only padding ({pad!r}, data.padding)")
+        if pad in s:
+            k = len(seqs[i]) - len(seqs[i].lstrip(pad)) + s.index(pad)  # in the cell as written
+            raise ctx.error(i, f"column {column!r}: padding letter {pad!r} (data.padding) at character {k + 1} of "
+                               f"{seqs[i]!r} is inside the sequence; padding may only fill its ends")
+    return out
+
+
 def _check_residues(seqs: list[str], alphabet, cfg: DataConfig, ctx: _Ctx, mut_text: list[str] | None) -> None:
     allowed = alphabet.letters + alphabet.ambiguous
     bad = np.flatnonzero(
@@ -820,11 +918,13 @@ def _check_residues(seqs: list[str], alphabet, cfg: DataConfig, ctx: _Ctx, mut_t
     k = next(k for k, ch in enumerate(s) if ch not in allowed)
     hint = ""
     if s[k] == "*":
-        hint = "; remove nonsense variants (the models take substitutions only)"
-    elif s[k] in "-.":
-        hint = "; insertions and deletions are not supported, remove gapped rows"
+        hint = "; the models take substitutions only: set data.drop_variants: [nonsense] to drop nonsense variants"
     elif s[k].islower():
         hint = "; set data.uppercase: true to accept lowercase residues"
+    elif s[k] not in s.strip(s[k]):  # only at the ends: a filler that pads the sequences to one width
+        hint = f"; if {s[k]!r} pads the sequences to one width, set data.padding: {s[k]} to strip it"
+    elif s[k] in "-.":
+        hint = "; insertions and deletions are not supported, remove gapped rows"
     source = f" (from mutations {mut_text[i]!r})" if mut_text is not None else ""
     raise ctx.error(
         i,
@@ -833,8 +933,20 @@ def _check_residues(seqs: list[str], alphabet, cfg: DataConfig, ctx: _Ctx, mut_t
     )
 
 
-def _check_lengths(seqs: list[str], wild_type: str | None, cfg: DataConfig, ctx: _Ctx) -> None:
+def _check_lengths(seqs: list[str], wild_type: str | None, cfg: DataConfig, ctx: _Ctx,
+                   widths: np.ndarray | None = None) -> None:
+    """data.equal_length: every sequence has one length; with data.padding, every row has one padded width
+    (the stripped sequences are of variable length by design)."""
     if not cfg.equal_length:
+        return
+    if widths is not None:
+        bad = np.flatnonzero(widths != widths[0])
+        if bad.size:
+            i = int(bad[0])
+            raise ctx.error(
+                i, f"padded width {widths[i]} differs from the first row's (row {ctx.lines[0]}) width {widths[0]} "
+                   "(data.padding pads to one width; set data.equal_length: false to accept any width)"
+            )
         return
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
     ref = len(wild_type) if wild_type is not None else int(lengths[0])
@@ -1126,6 +1238,10 @@ def _report(p: _Prepared, cfg: DataConfig, split_cfg: SplitConfig, meta: dict) -
     # (what, rows, shown even when zero)
     steps = [
         ("blank lines skipped", c.get("blank_lines_skipped", 0), False),
+        ("rows dropped: nonsense variants (data.drop_variants)", c.get("rows_dropped_nonsense", 0), False),
+        ("rows dropped: synonymous variants (data.drop_variants)", c.get("rows_dropped_synonymous", 0), False),
+        ("rows of synonymous mutations only, read as the wild type", c.get("synonymous_rows_read_as_wild_type", 0),
+         False),
         ("lowercase sequences upper-cased", c.get("lowercase_sequences_uppercased", 0), True),
         ("rows excluded by the split (label 'exclude', or in no index file)", c.get("rows_excluded_by_split", 0), False),
         *[(f"rows with missing `{t}`", v, True) for t, v in c["missing_target"].items()],

@@ -399,9 +399,12 @@ class _FileLayout:
     """An explicit list, read and validated by the data layer exactly like training data; indices are
     its rows in file order. Columns are found by name: a sequence column (``sequence``...) and/or a
     mutations column (``mutations``, ``mutant``...), optionally ids (``variant_id``, ``id``, ``name``);
-    FASTA records give ids and sequences. The list is held in memory (it came from a file)."""
+    FASTA records give ids and sequences. The list is held in memory (it came from a file).
+    `padding` is the data's filler letter (data.padding): the file comes in the user's format, so it is
+    stripped from the sequence ends as in the training data."""
 
-    def __init__(self, cfg: LibraryConfig, wild_type: str | None, alphabet: Alphabet, first_position: int):
+    def __init__(self, cfg: LibraryConfig, wild_type: str | None, alphabet: Alphabet, first_position: int,
+                 padding: str | None = None):
         from lyra import datasets
         from lyra.variants import diff_mutations, format_mutations
 
@@ -423,7 +426,7 @@ class _FileLayout:
         data_cfg = datasets.DataConfig(
             path=str(path), format=fmt, sequence_column=seq_col, mutations_column=mut_col,
             wild_type=wild_type, first_position=first_position, alphabet=alphabet.name, id_column=id_col,
-            equal_length=wild_type is not None,
+            equal_length=wild_type is not None, padding=padding,
         )
         rows, _ = datasets._read_measurements(path, 0, data_cfg, datasets.SplitConfig(), wild_type, alphabet, None)
         seqs = rows["sequence"].tolist()
@@ -464,22 +467,24 @@ class _FileLayout:
         self.check_size()
 
 
-def _layout(cfg: LibraryConfig, wild_type: str | None, alphabet: Alphabet | str, first_position: int):
+def _layout(cfg: LibraryConfig, wild_type: str | None, alphabet: Alphabet | str, first_position: int,
+            padding: str | None = None):
     ab = alphabet if isinstance(alphabet, Alphabet) else get_alphabet(alphabet)
     if cfg.kind == "file":
-        return _FileLayout(cfg, wild_type, ab, first_position)
+        return _FileLayout(cfg, wild_type, ab, first_position, padding)
     if wild_type is None:
         raise ConfigError(f"library.kind: {cfg.kind!r} libraries are built around a wild type; set data.wild_type")
     return _Layout(cfg, wild_type, ab, first_position)
 
 
 def library_size(cfg: LibraryConfig, wild_type: str | None, first_position: int = 1,
-                 alphabet: Alphabet | str = "protein") -> int:
+                 alphabet: Alphabet | str = "protein", padding: str | None = None) -> int:
     """Number of variants the library holds (before excluding measured ones), counted without enumerating.
 
-    The wild type counts only with `include_wild_type`. A `file` library is read to count its rows.
+    The wild type counts only with `include_wild_type`. A `file` library is read to count its rows
+    (`padding`: data.padding, stripped from its sequences).
     """
-    return int(_layout(cfg, wild_type, alphabet, first_position).size)
+    return int(_layout(cfg, wild_type, alphabet, first_position, padding).size)
 
 
 # --- streaming -----------------------------------------------------------------------------------------
@@ -622,14 +627,16 @@ def iter_library(
     n_shards: int = 1,
     chunk_size: int | None = None,
     exclude: Iterable[str] | Exclusion | None = None,
+    padding: str | None = None,
 ) -> Iterator[LibraryChunk]:
     """Stream the variants of one shard as chunks of at most `chunk_size` (default cfg.chunk_size).
 
     `exclude` (sequences or mutation strings, e.g. the measured variants when cfg.exclude_measured) is
-    filtered out chunk by chunk; so is the wild type unless cfg.include_wild_type.
+    filtered out chunk by chunk; so is the wild type unless cfg.include_wild_type. `padding` (data.padding)
+    is stripped from the sequences of a `file` library.
     """
     ab = alphabet if isinstance(alphabet, Alphabet) else get_alphabet(alphabet)
-    lay = _layout(cfg, wild_type, ab, first_position)
+    lay = _layout(cfg, wild_type, ab, first_position, padding)
     lay.build()
     yield from _iter_layout(lay, shard, n_shards, chunk_size or cfg.chunk_size,
                             make_exclusion(exclude, wild_type, first_position, ab))
@@ -676,6 +683,6 @@ def _take(chunk: LibraryChunk, keep: np.ndarray) -> LibraryChunk:
 
 
 def library_space(cfg: LibraryConfig, wild_type: str | None, first_position: int = 1,
-                  alphabet: Alphabet | str = "protein") -> int:
+                  alphabet: Alphabet | str = "protein", padding: str | None = None) -> int:
     """Size of the global index range (the library plus a skipped wild type, if any)."""
-    return int(_layout(cfg, wild_type, alphabet, first_position).space)
+    return int(_layout(cfg, wild_type, alphabet, first_position, padding).space)

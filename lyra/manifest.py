@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from lyra.errors import LyraError
 from lyra.io import write_json
+from lyra.variants import wild_type_is_path
 
 log = logging.getLogger("lyra.manifest")
 
@@ -63,7 +64,7 @@ def input_records(config: Mapping[str, Any], config_files: Sequence[str | os.Pat
         data = _tolerant(lambda: pipeline.data_config(config), dict(config["data"]))
         records.append(file_record("measurements", data.get("path")))
         wt = data.get("wild_type")
-        if wt and Path(str(wt)).is_file():
+        if wt and wild_type_is_path(str(wt)):  # decided from the text: a long sequence is never stat'ed
             records.append(file_record("wild_type", wt))
         elif wt:  # the sequence itself, written in the config
             records.append({"role": "wild_type", "path": None, "sha256": hashlib.sha256(str(wt).encode()).hexdigest(),

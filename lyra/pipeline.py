@@ -77,7 +77,9 @@ def data_config(config: Mapping[str, Any]) -> dict:
 
 
 def _looks_like_path(value: str) -> bool:
-    return "/" in value or "." in value or value.startswith(("package:", "~"))
+    from lyra.variants import wild_type_is_path
+
+    return wild_type_is_path(value)  # one rule for "file or sequence", shared with read_wild_type
 
 
 def round_files(config: Mapping[str, Any]) -> list[str]:
@@ -92,6 +94,33 @@ def round_files(config: Mapping[str, Any]) -> list[str]:
     if not root.exists():
         log.info("rounds.dir %s does not exist yet: no measured rounds (it appears with the first)", root)
     return [str(root / str(n) / "measurements.csv") for n in completed_rounds(root)]
+
+
+def stage_inputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Every file outside results/ that each stage reads, by stage (upstream stage outputs aside).
+
+    The rules declare them as inputs and `run_campaign` checks them the same way, so editing the
+    wild-type FASTA, a split's index file, the library file or spec, the alignment or a round file
+    reruns the stage that reads it and every stage after it.
+    """
+    from lyra.library import LibraryConfig
+
+    data = data_config(config)
+    base = config.get("_base_dir", ".")
+    wt = data.get("wild_type")
+    wild_type = [wt] if wt and Path(wt).is_absolute() else []  # data_config resolved it: a file
+    index_files = [resolve_path(f, base) for f in ((config["split"].get("index_files") or {}).values())]
+    msa = [prior_msa(config)] if prior_msa(config) else []
+    lib = LibraryConfig.from_dict(library_section(config), base)
+    library = [f for f in (lib.spec, lib.path) if f]
+    return {
+        "preprocess": [data["path"], *wild_type, *index_files, *round_files(config)],
+        "tune": msa,
+        "train": msa,
+        "score": library,
+        "rank": [],
+        "report": [],
+    }
 
 
 def check_campaign(config: Mapping[str, Any]) -> None:
@@ -109,20 +138,70 @@ def check_campaign(config: Mapping[str, Any]) -> None:
     DataConfig.from_dict(data)
     SplitConfig.from_dict(config["split"])
     round_files(config)
-    wt = read_wild_type(data["wild_type"]) if data.get("wild_type") else None
+    try:
+        wt = read_wild_type(data["wild_type"]) if data.get("wild_type") else None
+    except ValueError as e:
+        raise ConfigError(f"data.wild_type: {e}") from None
     prior = prior_section(config)
     if prior is not None:
         from lyra.prior import check_alignment
 
         check_alignment(prior, wt)
     lib = LibraryConfig.from_dict(library_section(config))
+    if wt is None and lib.kind != "file":
+        raise ConfigError(_NO_WILD_TYPE.format(kind=lib.kind))
     if wt is not None or lib.kind == "file":
-        n = library_size(lib, wt, data.get("first_position", 1), data.get("alphabet", "protein"))
+        n = library_size(lib, wt, data.get("first_position", 1), data.get("alphabet", "protein"),
+                         padding=data.get("padding"))
         if n > lib.max_size:
             raise ConfigError(
                 f"library: {n:,} variants exceed library.max_size = {lib.max_size:,}; "
                 "raise library.max_size to score it anyway"
             )
+        _check_library_not_measured(config, lib, wt, n)
+
+
+def _max_rows(path: str | Path) -> int:
+    """An upper bound on a measurement file's rows, without parsing it (lines, FASTA headers, or the
+    Parquet footer)."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    return path.read_bytes().count(b"\n") + 1
+
+
+def _check_library_not_measured(config: Mapping[str, Any], lib, wild_type: str | None, n_library: int) -> None:
+    """Before any training: a library whose variants are (nearly) all measured already would leave
+    nothing (or fewer than rank.top_n) to rank. Exact only when the measurements could cover it, so a
+    large library costs nothing here."""
+    import tempfile
+
+    from lyra.library import iter_library, measured_sequences
+
+    if not lib.exclude_measured:
+        return
+    top_n, allow_fewer = config["rank"]["top_n"], config["rank"].get("allow_fewer", False)
+    files = [data_config(config)["path"], *round_files(config)]
+    if n_library - sum(_max_rows(f) for f in files) - 1 >= top_n:  # -1: the wild type is never offered
+        return
+    with tempfile.TemporaryDirectory(prefix="lyra-check-") as tmp:
+        measured = measured_sequences(preprocess(config, tmp))
+    data = data_config(config)
+    left = sum(len(c) for c in iter_library(lib, wild_type, data.get("first_position", 1),
+                                            data.get("alphabet", "protein"), exclude=measured,
+                                            padding=data.get("padding")))
+    if left == 0:
+        raise ConfigError(
+            f"library: all {n_library:,} of its variants are measured already, so there is nothing to rank; "
+            "widen it (library.positions, library.max_mutations, library.kind) or set library.exclude_measured: false"
+        )
+    if left < top_n and not allow_fewer:
+        raise ConfigError(
+            f"library: only {left:,} of its {n_library:,} variants are not measured yet, fewer than "
+            f"rank.top_n = {top_n}; widen the library, lower rank.top_n, or set rank.allow_fewer: true"
+        )
 
 
 # --- stages -----------------------------------------------------------------------------------------
@@ -203,13 +282,17 @@ def evaluate(config: Mapping[str, Any], dataset: str | Path, checkpoints: list[s
     return Path(out)
 
 
-def _library_meta(dataset: str | Path) -> dict:
+def _library_meta(dataset: str | Path, lib) -> dict:
     from lyra.datasets import load_dataset_meta
 
     meta = load_dataset_meta(dataset)
-    if not meta.get("wild_type"):
-        raise ConfigError("library: the dataset has no wild type (set data.wild_type) to build a library from")
+    if not meta.get("wild_type") and lib.kind != "file":
+        raise ConfigError(_NO_WILD_TYPE.format(kind=lib.kind))
     return meta
+
+
+_NO_WILD_TYPE = ("library: a {kind} library is built from the wild type: set data.wild_type, or list the "
+                 "variants to score in a file (library: {{kind: file, path: ...}})")
 
 
 def score(
@@ -219,13 +302,13 @@ def score(
     from lyra.rank import score_shard
     from lyra.train import resolve_device
 
-    meta = _library_meta(dataset)
     lib_cfg = LibraryConfig.from_dict(library_section(config))
+    meta = _library_meta(dataset, lib_cfg)
     exclude = measured_sequences(dataset) if lib_cfg.exclude_measured else None
     return score_shard(
         checkpoints,
         lib_cfg,
-        meta["wild_type"],
+        meta.get("wild_type"),
         meta.get("first_position", 1),
         meta["alphabet"],
         shard,
@@ -233,6 +316,7 @@ def score(
         out,
         device=str(resolve_device(config["train"]["device"])),
         exclude=exclude,
+        padding=(meta.get("data_config") or {}).get("padding"),  # a library file comes in the data's format
     )
 
 
@@ -261,10 +345,10 @@ def zero_shot(config: Mapping[str, Any], out: str | Path, top: int | None = None
     best = pd.DataFrame(columns=["variant_id", "mutations", "prior_dE", "sequence"])
     lib_cfg = LibraryConfig.from_dict(library_section(config))
     first = data.get("first_position", 1)
-    bar = tqdm(total=library_size(lib_cfg, wt, first, ab), desc="zero-shot", unit="variant",
+    bar = tqdm(total=library_size(lib_cfg, wt, first, ab, padding=data.get("padding")), desc="zero-shot", unit="variant",
                disable=not sys.stderr.isatty())
     n = 0
-    for chunk in iter_library(lib_cfg, wt, first, ab):
+    for chunk in iter_library(lib_cfg, wt, first, ab, padding=data.get("padding")):
         if chunk.mask is not None or chunk.tokens.shape[1] != len(wt) or int(chunk.tokens.max()) >= ab.size:
             raise DataError("library: zero-shot ranking needs unambiguous variants of the wild type's length")
         dE = prior.score_tokens(chunk.tokens.astype(np.int64))  # (n,)
@@ -307,46 +391,90 @@ def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: 
     return Path(csv)
 
 
-def _measurements_changed(config: Mapping[str, Any], dataset: Path) -> bool:
-    """Do the data file and round files differ (by path or content) from those dataset.parquet was made from?"""
+def _made_from_other_measurements(config: Mapping[str, Any], dataset: Path) -> bool:
+    """Was dataset.parquet made from another set of measurement files (a new round, another data.path)?
+    Snakemake reruns a job whose set of input files changed; this is that check for the one stage whose
+    inputs are a list that grows."""
     import pyarrow.parquet as pq
-
-    from lyra.datasets import file_sha256
 
     try:
         meta = json.loads(pq.read_schema(dataset).metadata[b"lyra"])
-        made_from = [(s["path"], s["sha256"]) for s in meta["sources"]]
+        made_from = [s["path"] for s in meta["sources"]]
     except (OSError, KeyError, TypeError, ValueError):
         return True  # unreadable or foreign: make it again
-    now = [Path(p).resolve() for p in [data_config(config)["path"], *round_files(config)]]
-    return made_from != [(str(p), file_sha256(p)) for p in now]
+    return made_from != [str(Path(p).resolve()) for p in [data_config(config)["path"], *round_files(config)]]
+
+
+# Snakemake records the checksum of every input up to this size (its --max-checksum-file-size default)
+# and does not rerun a job for an input that is newer but holds the same bytes.
+CHECKSUM_MAX_BYTES = 1_000_000
+
+
+def _small_file_sha256(path: Path) -> str | None:
+    from lyra.datasets import file_sha256
+
+    return file_sha256(path) if path.stat().st_size <= CHECKSUM_MAX_BYTES else None
+
+
+def is_stale(inputs: list[str | Path], outputs: list[str | Path], record: str | Path | None = None) -> bool:
+    """Snakemake's rule for rerunning a job: an output is missing, or an input is newer than the oldest
+    output and (for a file up to CHECKSUM_MAX_BYTES) its content differs from the checksum `record`
+    holds from the job's last run (see record_inputs)."""
+    outs = [Path(o) for o in outputs]
+    if not all(o.exists() for o in outs):
+        return True
+    oldest = min(o.stat().st_mtime for o in outs)
+    newer = [Path(i) for i in inputs if Path(i).stat().st_mtime > oldest]
+    if not newer:
+        return False
+    recorded = json.loads(Path(record).read_text()) if record is not None and Path(record).is_file() else {}
+    return any((sha := _small_file_sha256(i)) is None or recorded.get(str(i)) != sha for i in newer)
+
+
+def record_inputs(inputs: list[str | Path], record: str | Path) -> None:
+    """The checksums of a job's small inputs, as it ran (what is_stale compares with)."""
+    from lyra.io import write_json
+
+    write_json(record, {str(i): sha for i in inputs if (sha := _small_file_sha256(Path(i))) is not None})
 
 
 def run_campaign(config: Mapping[str, Any], results: str | Path = "results", config_files: tuple[str, ...] = ()) -> Path:
-    """All stages in one process (no Snakemake): same files as the workflow, reused when present and
-    made from the same measurement files."""
+    """All stages in one process (no Snakemake), with the workflow's files and its notion of "stale":
+    each stage config is rewritten only when its settings change (the rules' params trigger), and a
+    job runs when an output is missing or older than one of its inputs, the same inputs the rules
+    declare (stage_inputs). So after any change this reruns exactly the jobs Snakemake would."""
+    from lyra.config import STAGE_SECTIONS, write_stage_config
+
     root = Path(results) / config["campaign"] if results else campaign_dir(config)
     check_campaign(config)
+    ext = stage_inputs(config)
+    cfg = {stage: root / "config" / f"{stage}.yaml" for stage in STAGE_SECTIONS}
+    for stage, path in cfg.items():
+        if write_stage_config(config, stage, path):
+            log.info("%s: settings changed", path)
     timings: dict[str, float] = {}
-    dataset = root / "data" / "dataset.parquet"
-    # Once a stage runs, every later one runs too (its inputs are new). The measurements decide the
-    # first: a new round file, or an edited data file, reruns the whole campaign.
-    rerun = dataset.exists() and _measurements_changed(config, dataset)
-    if rerun:
-        log.warning("%s was made from other measurement files (a new round?): every stage runs again", dataset)
+    made: set[str] = set()  # outputs of the jobs run so far: a job that reads one runs too, as in Snakemake
 
-    def stage(name: str, fn, *outputs: Path) -> None:
-        nonlocal rerun
-        if not rerun and all(Path(o).exists() for o in outputs):
-            log.info("%s: outputs exist, skipped", name)
+    def job(name: str, fn, inputs: list, outputs: list, force: bool = False) -> None:
+        record = root / ".lyra-run" / f"{name.replace(' ', '_')}.json"  # its inputs' checksums
+        force = force or any(str(i) in made for i in inputs)
+        if not force and not is_stale(inputs, outputs, record):
+            log.info("%s: up to date", name)
             return
-        rerun = True
         t0 = time.perf_counter()
         log.info("%s ...", name)
         fn()
+        record_inputs(inputs, record)
+        made.update(str(o) for o in outputs)
         timings[name] = round(time.perf_counter() - t0, 3)
 
-    stage("preprocess", lambda: preprocess(config, root / "data"), dataset)
+    dataset, data_report = root / "data" / "dataset.parquet", root / "data" / "report.md"
+    new_files = dataset.exists() and _made_from_other_measurements(config, dataset)
+    if new_files:
+        log.warning("%s was made from other measurement files (a new round?): every stage runs again", dataset)
+    job("preprocess", lambda: preprocess(config, root / "data"), [cfg["preprocess"], *ext["preprocess"]],
+        [dataset, data_report], force=new_files)
+
     journal, best, trials = root / "tune" / "journal.log", root / "tune" / "best.json", root / "tune" / "trials.tsv"
 
     def tune_all() -> None:
@@ -355,26 +483,36 @@ def run_campaign(config: Mapping[str, Any], results: str | Path = "results", con
                 tune_worker(config, dataset, journal, w)
         tune_collect(config, dataset, journal, best, trials)
 
-    stage("tune", tune_all, best)
+    job("tune", tune_all, [cfg["tune"], dataset, *ext["tune"]], [best, trials])
     models = [root / "models" / f"seed{k}.pt" for k in range(config["train"]["seeds"])]
     for k, m in enumerate(models):
-        stage(f"train seed{k}", lambda k=k, m=m: train(config, dataset, best, k, m), m)
+        job(f"train seed{k}", lambda k=k, m=m: train(config, dataset, best, k, m),
+            [cfg["train"], dataset, best, *ext["train"]], [m])
     metrics = root / "models" / "metrics.json"
-    stage("evaluate", lambda: evaluate(config, dataset, [str(m) for m in models], metrics), metrics)
+    job("evaluate", lambda: evaluate(config, dataset, [str(m) for m in models], metrics),
+        [cfg["train"], dataset, *models], [metrics])
     shards = [root / "library" / f"shard{k}.parquet" for k in range(config["library"]["n_shards"])]
     for k, s in enumerate(shards):
-        stage(f"score shard{k}", lambda k=k, s=s: score(config, dataset, [str(m) for m in models], k, s), s)
+        job(f"score shard{k}", lambda k=k, s=s: score(config, dataset, [str(m) for m in models], k, s),
+            [cfg["score"], dataset, *models, *ext["score"]], [s])
     scores = root / "library" / "scores.parquet"
-    stage("gather", lambda: gather([str(s) for s in shards], scores), scores)
-    stage("rank", lambda: rank(config, scores, root / "ranking.csv", root / "ranking.fasta"), root / "ranking.csv")
+    job("gather", lambda: gather([str(s) for s in shards], scores), shards, [scores])
+    ranking = [root / "ranking.csv", root / "ranking.fasta"]
+    job("rank", lambda: rank(config, scores, *ranking), [cfg["rank"], scores], ranking)
 
     from lyra.manifest import write_manifest
-    from lyra.report import make_report
+    from lyra.report import FIGURES, TABLES, make_report
 
-    stage("report", lambda: make_report(root, root / "report", config), root / "report" / "epistasis.png")
+    report_dir, manifest = root / "report", root / "manifest.json"
+
+    def report() -> None:
+        make_report(root, report_dir, config)
+        write_manifest(root, config, manifest, stage_times=timings, config_files=config_files)
+
+    job("report", report, [*cfg.values(), dataset, metrics, *models, best, trials, scores, *ranking, *config_files],
+        [*(report_dir / f for f in [*FIGURES.values(), *TABLES.values()]), manifest])
     if timings:
         log.info("stage wall times (s): %s", timings)
-    write_manifest(root, config, root / "manifest.json", stage_times=timings, config_files=config_files)
     return root
 
 
@@ -383,11 +521,13 @@ __all__ = [
     "data_config",
     "evaluate",
     "gather",
+    "is_stale",
     "preprocess",
     "rank",
     "round_files",
     "run_campaign",
     "score",
+    "stage_inputs",
     "study_name",
     "train",
     "training_seed",

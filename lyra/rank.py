@@ -92,12 +92,14 @@ def score_shard(
     progress: bool = True,
     write_sequences: bool | None = None,
     batch_size: int = 2048,
+    padding: str | None = None,
 ) -> Path:
     """Score shard `shard` of `n_shards` with every checkpoint and write it to `out_path` (Parquet).
 
     Columns: index, variant_id, mutations, n_mutations, [sequence], score_<k> per checkpoint, mean, std
     (float32; std is the population std over members, 0 for one model). `write_sequences` defaults to
-    True only when sequences cannot be rebuilt from the wild type and the mutations.
+    True only when sequences cannot be rebuilt from the wild type and the mutations. `padding`
+    (data.padding) is stripped from the sequences of a `file` library, as from the training data.
     """
     from lyra.train import load_checkpoint, predict_tokens
 
@@ -112,7 +114,7 @@ def score_shard(
         if info["alphabet"] != ab.name:
             raise LyraError(f"{path}: checkpoint alphabet {info['alphabet']!r} differs from the data's {ab.name!r}")
         members.append((model, info, _score_column(info, path)))
-    lay = _layout(cfg, wild_type, ab, first_position)
+    lay = _layout(cfg, wild_type, ab, first_position, padding)
     lay.build()
     exclusion = make_exclusion(exclude, wild_type, first_position, ab)
     if write_sequences is None:
@@ -277,12 +279,15 @@ class RankConfig:
     top_n: int = 96  # one plate
     diversity: dict = field(default_factory=dict)  # max_per_mutation, min_hamming, max_per_position (None = off)
     pool_factor: int = 50  # candidates considered before diversity: pool_factor * top_n, widened if needed
+    allow_fewer: bool = False  # a ranking shorter than top_n is an error unless this is true
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"rank.strategy: must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         if isinstance(self.kappa, bool) or not isinstance(self.kappa, (int, float)) or not self.kappa >= 0:
             raise ConfigError(f"rank.kappa: must be a number >= 0, got {self.kappa!r}")
+        if not isinstance(self.allow_fewer, bool):
+            raise ConfigError(f"rank.allow_fewer: must be true or false, got {self.allow_fewer!r}")
         for key in ("top_n", "pool_factor"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -568,6 +573,22 @@ RANK_COLUMNS = ["rank", "variant_id", "mutations", "n_mutations", "sequence", "m
                 "acquisition_rank", "reason"]
 
 
+def _short_ranking(n_picks: int, n_scored: int, cfg: RankConfig) -> None:
+    """Fewer picks than rank.top_n: an error that says why and what to change, or a warning when the
+    config allows it (rank.allow_fewer)."""
+    if n_scored < cfg.top_n:
+        why = (f"the library has only {n_scored:,} scored variants (after excluding measured ones); "
+               "widen the library (library.positions, library.max_mutations) or lower rank.top_n")
+    else:
+        rules = ", ".join(f"rank.diversity.{k}: {v}" for k, v in cfg.diversity.items() if v is not None)
+        why = (f"the diversity rules ({rules}) leave no more among {n_scored:,} scored variants; "
+               "relax them or lower rank.top_n")
+    message = f"ranking: {n_picks} picks, fewer than rank.top_n = {cfg.top_n}: {why}"
+    if not cfg.allow_fewer:
+        raise ConfigError(f"{message}, or set rank.allow_fewer: true to accept a shorter ranking")
+    log.warning(message)
+
+
 def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, Any]) -> pd.DataFrame:
     """Pick `top_n` variants from a scores file; see the module docstring. Columns: RANK_COLUMNS.
 
@@ -600,7 +621,7 @@ def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, A
         log.info("diversity rules left %d of %d picks after %d candidates; reading more", len(greedy.picks),
                  cfg.top_n, seen)
     if not greedy.done:
-        log.warning("only %d variants satisfy the diversity rules (top_n %d)", len(greedy.picks), cfg.top_n)
+        _short_ranking(len(greedy.picks), acq.size, cfg)
     rows = np.array(greedy.pick_rows, dtype=np.int64)
     columns = [c for c in ("variant_id", "mutations", "n_mutations") if c in names]
     out = _read_rows(pf, rows, columns).reset_index(drop=True)

@@ -84,6 +84,25 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width)) or text
 
 
+WARNING_HEADLINE = "The model may not have learned: treat its predictions and picks with caution"
+
+
+def _figure_with_warnings(size: tuple[float, float], warnings: Sequence[str]) -> tuple[Figure, Any]:
+    """(figure, the part to draw the panels in): without warnings both are one Figure; with them the
+    figure grows by a red band under the panels that lists metrics.json's warnings."""
+    if not warnings:
+        fig = Figure(figsize=size, layout="constrained")
+        return fig, fig
+    chars = max(40, int(size[0] * 14))  # about what fits in one line at 9 pt
+    text = "\n".join(_wrap(line, chars) for line in [f"WARNING: {WARNING_HEADLINE}.", *(f"• {w}" for w in warnings)])
+    band = 0.17 * (text.count("\n") + 1) + 0.3  # inches: 9-pt lines and a margin
+    fig = Figure(figsize=(size[0], size[1] + band), layout="constrained")
+    panels, box = fig.subfigures(2, 1, height_ratios=[size[1], band])
+    box.set_facecolor("#fdecea")
+    box.text(0.02, 0.5, text, ha="left", va="center", fontsize=9, color="darkred", linespacing=1.3)
+    return fig, panels
+
+
 def _short(text: Any, width: int = 36) -> str:
     s = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
     return s if len(s) <= width else s[: width - 1] + "…"
@@ -158,14 +177,16 @@ def _guess_metric(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def plot_test_predictions(measured: np.ndarray, predicted: np.ndarray, out: str | Path,
-                          targets: Sequence[str], spread: np.ndarray | None = None, n_models: int = 1) -> Path:
+                          targets: Sequence[str], spread: np.ndarray | None = None, n_models: int = 1,
+                          warnings: Sequence[str] = ()) -> Path:
     """Regression: predicted (ensemble mean, bars = ensemble std) vs measured, one panel per target,
-    Spearman and Pearson in the titles; the dashed line is y = x."""
+    Spearman and Pearson in the titles; the dashed line is y = x. `warnings` (metrics.json's) go in a
+    red box under the panels."""
     measured = np.asarray(measured, dtype=np.float64).reshape(len(measured), -1)  # (n, T)
     predicted = np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)  # (n, T)
     T = measured.shape[1]
-    fig = Figure(figsize=(5.6 * T, 5.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, T))
+    fig, panels = _figure_with_warnings((5.6 * T, 5.6), warnings)
+    axes = np.atleast_1d(panels.subplots(1, T))
     for j, ax in enumerate(axes):
         ok = ~np.isnan(measured[:, j])
         t, p = measured[ok, j], predicted[ok, j]
@@ -181,26 +202,27 @@ def plot_test_predictions(measured: np.ndarray, predicted: np.ndarray, out: str 
         ax.legend(loc="upper left", fontsize=8)
         ax.set_title(f"{targets[j]}: Spearman {M.spearman(t, p):.3f}, Pearson {M.pearson(t, p):.3f}\n"
                      f"test split, n = {t.size}", fontsize=11)
-    fig.suptitle(f"Test split: predicted (mean ± std of {n_models} models) vs measured", fontsize=12)
+    panels.suptitle(f"Test split: predicted (mean ± std of {n_models} models) vs measured", fontsize=12)
     return _save(fig, out)
 
 
 def plot_test_confusion(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], out: str | Path,
-                        n_models: int = 1) -> Path:
-    """Classification: confusion matrix of the ensemble's most probable class on the test split."""
+                        n_models: int = 1, warnings: Sequence[str] = ()) -> Path:
+    """Classification: confusion matrix of the ensemble's most probable class on the test split;
+    `warnings` as in `plot_test_predictions`."""
     labels = np.asarray(labels, dtype=np.int64)
     pred = np.asarray(probs).argmax(1)
     k = len(classes)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (labels, pred), 1)
-    fig = Figure(figsize=(1.2 * k + 3, 1.1 * k + 2.5), layout="constrained")
-    ax = fig.add_subplot()
+    fig, panels = _figure_with_warnings((1.2 * k + 3, 1.1 * k + 2.5), warnings)
+    ax = panels.add_subplot()
     im = ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
     ax.set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
            xlabel="predicted class", ylabel="measured class")
-    fig.colorbar(im, ax=ax, label="variants")
+    panels.colorbar(im, ax=ax, label="variants")
     ax.set_title(f"Test split: accuracy {M.accuracy(labels, probs):.3f}, MCC {M.mcc(labels, probs, k):.3f} "
                  f"(n = {labels.size}, {n_models} model(s))", fontsize=11)
     return _save(fig, out)
@@ -353,9 +375,19 @@ def top_table(ranking: pd.DataFrame, n: int | None = None) -> pd.DataFrame:
     return table if n is None else table.head(n)
 
 
-def write_top_markdown(ranking: pd.DataFrame, out: str | Path) -> Path:
+def warning_block(warnings: Sequence[str]) -> list[str]:
+    """Markdown lines of a warning callout (GitHub renders it as one; elsewhere it is a quote), then a
+    blank line; no lines without warnings."""
+    if not warnings:
+        return []
+    return ["> [!WARNING]", f"> **{WARNING_HEADLINE}** (from models/metrics.json):", ">",
+            *(f"> - {w}" for w in warnings), ""]
+
+
+def write_top_markdown(ranking: pd.DataFrame, out: str | Path, warnings: Sequence[str] = ()) -> Path:
+    """Every pick as a Markdown table, after a warning block when the model may not have learned."""
     table = top_table(ranking)
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines = [*warning_block(warnings), "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for row in table.itertuples(index=False):
         cells = (_fmt(v) if isinstance(v, (float, np.floating)) else ("" if v is None else str(v)) for v in row)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -581,35 +613,6 @@ def learning_curves_from(metrics: Mapping | None, ensemble: Ensemble | None) -> 
     return curves, best, metric
 
 
-def param_importances(journal: Path, study_name: str | None) -> tuple[dict | None, str]:
-    """fANOVA importances (seeded: the same study gives the same numbers), or (None, why not)."""
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    if not journal.exists():
-        return None, f"no tuning journal at {journal}"
-    storage = JournalStorage(JournalFileBackend(str(journal), lock_obj=JournalFileOpenLock(str(journal))))
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if study_name is None and len(names) == 1:
-        study_name = names[0]
-    if study_name not in names:
-        return None, f"study {study_name!r} is not in {journal} (it has {names})"
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(done) < 2:
-        return None, f"importances need at least 2 completed trials; the study has {len(done)}"
-    varying = {n for t in done for n in t.params if len({repr(u.params.get(n)) for u in done}) > 1}
-    if not varying:
-        return None, "no hyper-parameter took more than one value in the completed trials"
-    try:
-        imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=sorted(varying))
-    except (RuntimeError, ValueError) as e:
-        return None, f"Optuna could not compute importances ({str(e).splitlines()[0][:150]})"
-    return dict(imp), ""
-
-
 @dataclass
 class ReportConfig:
     epistasis_positions: int = 8  # the config's report.epistasis_positions
@@ -650,13 +653,14 @@ def make_report(campaign_dir: str | Path, out_dir: str | Path, config: Mapping[s
     models = checkpoint_paths(root / "models")
     ensemble = Ensemble.load(models, device) if models else None
     metrics = read_json(root / "models" / "metrics.json")
+    warnings = list((metrics or {}).get("warnings") or [])  # written by `lyra evaluate`
 
     # learning curves
     curves, best_epochs, metric = learning_curves_from(metrics, ensemble)
     written.append(plot_learning_curves(curves, paths["learning_curves"], best_epochs, metric))
 
     # predicted vs measured on the test split
-    written.append(_test_figure(frame, meta, ensemble, paths["test_predictions"]))
+    written.append(_test_figure(frame, meta, ensemble, paths["test_predictions"], warnings))
 
     # tuning
     best = read_json(root / "tune" / "best.json") or {}
@@ -669,7 +673,9 @@ def make_report(campaign_dir: str | Path, out_dir: str | Path, config: Mapping[s
         trials = pd.read_csv(trials_path, sep="\t") if trials_path.exists() else pd.DataFrame()
         written.append(plot_tune_history(trials, paths["tune_history"], best.get("direction", "maximize"),
                                          best.get("metric", "value")))
-        imp, why = param_importances(root / "tune" / "journal.log", best.get("study_name"))
+        # computed by the collect step (lyra.tune.param_importances), which reads the study's journal
+        imp = best.get("importances")
+        why = best.get("importances_note") or ("" if imp is not None else "no importances in tune/best.json")
         written.append(plot_param_importances(imp, paths["tune_importances"], why))
 
     # library and picks
@@ -697,10 +703,10 @@ def make_report(campaign_dir: str | Path, out_dir: str | Path, config: Mapping[s
     # top-N table
     if ranking is not None:
         written.append(plot_top_table(ranking, paths["top_n"], cfg.table_rows))
-        written.append(write_top_markdown(ranking, out_dir / TABLES["top_n"]))
+        written.append(write_top_markdown(ranking, out_dir / TABLES["top_n"], warnings))
     else:
         written.append(plot_unavailable(paths["top_n"], "Top picks", "ranking.csv is missing"))
-        write_text(out_dir / TABLES["top_n"], "ranking.csv is missing\n")
+        write_text(out_dir / TABLES["top_n"], "\n".join([*warning_block(warnings), "ranking.csv is missing\n"]))
         written.append(out_dir / TABLES["top_n"])
 
     # predicted epistasis
@@ -732,7 +738,8 @@ def make_report(campaign_dir: str | Path, out_dir: str | Path, config: Mapping[s
     return written
 
 
-def _test_figure(frame: pd.DataFrame | None, meta: Mapping, ensemble: Ensemble | None, out: Path) -> Path:
+def _test_figure(frame: pd.DataFrame | None, meta: Mapping, ensemble: Ensemble | None, out: Path,
+                 warnings: Sequence[str] = ()) -> Path:
     title = "Predicted vs measured (test split)"
     if frame is None:
         return plot_unavailable(out, title, "data/dataset.parquet is missing")
@@ -747,9 +754,10 @@ def _test_figure(frame: pd.DataFrame | None, meta: Mapping, ensemble: Ensemble |
         classes = [str(c) for c in meta["classes"]]
         index = {c: i for i, c in enumerate(classes)}
         labels = np.array([index[str(v)] for v in rows[targets[0]]])
-        return plot_test_confusion(labels, mean, classes, out, len(ensemble))
+        return plot_test_confusion(labels, mean, classes, out, len(ensemble), warnings)
     measured = rows[targets].to_numpy(dtype=np.float64)
-    return plot_test_predictions(measured, mean, out, targets, spread=std, n_models=len(ensemble))
+    return plot_test_predictions(measured, mean, out, targets, spread=std, n_models=len(ensemble),
+                                 warnings=warnings)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -776,7 +776,8 @@ def evaluate_ensemble(checkpoint_paths: Sequence[str | os.PathLike], frame: pd.D
         curves[seed] = info.get("history", [])
     ensemble = np.mean(preds, axis=0)
     return {"split": split, "n": int(len(rows)), "n_models": len(preds),
-            "ensemble": _summary(task, targets, y, ensemble), "per_seed": per_seed, "learning_curves": curves}
+            "ensemble": _summary(task, targets, y, ensemble), "baseline": _baseline(task, targets, y, ensemble),
+            "per_seed": per_seed, "learning_curves": curves}
 
 
 def _summary(task: str, targets: list[str], y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -789,15 +790,28 @@ def _summary(task: str, targets: list[str], y: np.ndarray, pred: np.ndarray) -> 
     return out
 
 
+def _baseline(task: str, targets: list[str], y: np.ndarray, pred: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per target: the prediction spread and what a constant predictor scores (see M.prediction_baseline)."""
+    if task == "classification":
+        return {targets[0]: M.prediction_baseline(y, pred, task)}
+    return {t: M.prediction_baseline(y[:, j], pred[:, j], task) for j, t in enumerate(targets)}
+
+
 def write_metrics(path: str | os.PathLike, checkpoints: Sequence[str | os.PathLike], frame: pd.DataFrame,
                   meta: Mapping[str, Any], device: str | torch.device = "cpu") -> dict[str, Any]:
-    """models/metrics.json: test and valid ensemble metrics with per-seed values, and the learning curves."""
+    """models/metrics.json: test and valid ensemble metrics with per-seed values, the learning curves, and
+    whether the ensemble learned: "learned" (bool) and "warnings" (one line each, empty when all is well;
+    see `lyra.metrics.learning_warnings`), each warning also logged."""
     test = evaluate_ensemble(checkpoints, frame, meta, "test", device)
     valid = evaluate_ensemble(checkpoints, frame, meta, "valid", device)
     curves = {str(k): v for k, v in test.pop("learning_curves").items()}
     valid.pop("learning_curves")
     out = {"test": test, "valid": valid, "learning_curves": curves, "task": meta["task"],
            "targets": list(meta["targets"]), "checkpoints": [str(p) for p in checkpoints]}
+    out["warnings"] = M.learning_warnings(out)
+    out["learned"] = M.has_learned(out)
+    for warning in out["warnings"]:
+        log.warning("%s", warning)
     write_json(path, _finite(out))
     return out
 

@@ -663,6 +663,23 @@ def trials_table(study: optuna.Study):
     return frame
 
 
+def param_importances(study) -> tuple[dict | None, str]:
+    """fANOVA importances of the study's parameters (seeded: the same study gives the same numbers),
+    or (None, why not)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < 2:
+        return None, f"importances need at least 2 completed trials; the study has {len(done)}"
+    varying = {n for t in done for n in t.params if len({repr(u.params.get(n)) for u in done}) > 1}
+    if not varying:
+        return None, "no hyper-parameter took more than one value in the completed trials"
+    try:
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=sorted(varying))
+    except (RuntimeError, ValueError) as e:
+        return None, f"Optuna could not compute importances ({str(e).splitlines()[0][:150]})"
+    return {k: float(v) for k, v in imp.items()}, ""
+
+
 def collect_best(journal_path: str | os.PathLike, out_best_json: str | os.PathLike,
                  out_trials_tsv: str | os.PathLike, study_name: str = "lyra",
                  tune_cfg: TuneConfig | Mapping | None = None) -> dict:
@@ -707,6 +724,7 @@ def collect_best(journal_path: str | os.PathLike, out_best_json: str | os.PathLi
         "n_workers": tune_cfg.n_workers,
         "study_name": study_name,
     }
+    out["importances"], out["importances_note"] = param_importances(study)  # for the report
     write_json(out_best_json, out)
     log.info("best trial %d: %s %.4f (%s)", best.number, tune_cfg.metric, best.value, _fmt_counts(counts))
     return out

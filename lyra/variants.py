@@ -23,8 +23,6 @@ WILD_TYPE_TOKENS = frozenset({"", "wt", "_wt", "wildtype", "wild_type", "wild-ty
 # '*' and '-' are accepted here so that stop codons and deletions get a specific error later.
 _TOKEN = re.compile(r"([A-Z*])(-?\d+)([A-Z*\-])")
 
-FASTA_SUFFIXES = (".fasta", ".fa", ".fas", ".faa", ".fna", ".ffn", ".fasta.gz", ".fa.gz", ".faa.gz", ".fna.gz")
-
 
 class Mutation(NamedTuple):
     wt: str
@@ -149,32 +147,45 @@ def diff_mutations(wild_type: str, sequence: str, first_position: int = 1) -> li
     ]
 
 
-def looks_like_path(value: str) -> bool:
-    return (
-        "/" in value
-        or "\\" in value
-        or value.lower().endswith(FASTA_SUFFIXES + (".txt",))
-    )
+# A wild type spelled out in the config: residue letters, possibly wrapped over lines.
+_SEQUENCE_TEXT = re.compile(r"[A-Za-z\s]+")
+
+
+def wild_type_is_path(value: object) -> bool:
+    """True when a `data.wild_type` value names a file, False when it is the sequence itself.
+
+    Decided from the text alone, so a 500-residue sequence is never handed to the filesystem (whose
+    name-length limit would raise OSError): letters and whitespace only are a sequence; anything else
+    ('/', '.', '~', 'package:', digits, '_') is a path, and a missing file is reported as such.
+    """
+    text = str(value).strip()
+    return bool(text) and not _SEQUENCE_TEXT.fullmatch(text)
 
 
 def read_wild_type(value: str, base_dir: str | os.PathLike | None = None) -> str:
     """The wild type from a FASTA file (its first record) or from the literal sequence in `value`.
 
-    Relative paths are resolved against `base_dir` (the working directory when a config runs through
-    `lyra` or Snakemake). The result is upper case with whitespace removed; its letters are checked
-    against the alphabet by the caller.
+    Which of the two is decided by ``wild_type_is_path``. Relative paths are resolved against `base_dir`
+    (the working directory when a config runs through `lyra` or Snakemake). The result is upper case with
+    whitespace removed; its letters are checked against the alphabet by the caller.
     """
     value = str(value).strip()
     if not value:
         raise ValueError("the wild type is empty")
+    if not wild_type_is_path(value):
+        return re.sub(r"\s+", "", value).upper()
     path = Path(value).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
-    if path.is_file():
-        return _first_fasta_record(path)
-    if looks_like_path(value):
-        raise ValueError(f"wild-type file not found: {path}")
-    return re.sub(r"\s+", "", value).upper()
+    try:
+        found = path.is_file()
+    except OSError:  # e.g. a name over the filesystem's length limit: no such file
+        found = False
+    if not found:
+        shown = str(path) if len(str(path)) <= 200 else f"{str(path)[:100]}..."
+        hint = "" if any(c in value for c in "/\\.~") else "; a sequence given inline takes letters only"
+        raise ValueError(f"wild-type file not found: {shown}{hint}")
+    return _first_fasta_record(path)
 
 
 def _first_fasta_record(path: Path) -> str:

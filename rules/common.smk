@@ -1,19 +1,34 @@
-# Shared helpers: the resolved config, per-campaign paths, and per-stage config files.
+# Shared helpers: the resolved config, per-campaign paths, per-stage config files, and what the
+# console shows when a job fails.
+
+import shutil
+import sys
+import time
 
 from lyra.config import resolve_config, stage_config
-from lyra.pipeline import check_campaign, data_config, prior_msa, round_files
+from lyra.errors import LyraError, one_line
+from lyra.joblogs import job_errors, job_warnings
+from lyra.pipeline import check_campaign, stage_inputs
+
+# The user's config file(s), named in every error and hashed into the manifest.
+CONFIG_FILES = [os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f) for f in workflow.configfiles]
+CONFIG_SOURCE = ", ".join(CONFIG_FILES) or "snakemake config"
 
 # Defaults filled in and validated against config/schema.yaml (the same code path as `lyra run`);
-# missing files and an oversized library fail here, before any job is submitted.
-config.update(resolve_config(config, source="snakemake config"))
-check_campaign(config)
+# missing files and an oversized or empty library fail here, before any job is submitted, as one line.
+try:
+    config.update(resolve_config(config, source=CONFIG_SOURCE))
+    check_campaign(config)
+    # Files outside results/ that each stage reads: declared inputs, so an edit reruns that stage.
+    STAGE_INPUTS = stage_inputs(config)
+except LyraError as e:
+    sys.exit(f"error: {one_line(e, CONFIG_SOURCE)}")
 
 RESULTS = f"results/{config['campaign']}"
 SEEDS = list(range(config["train"]["seeds"]))
 WORKERS = list(range(config["tune"]["n_workers"]))
 SHARDS = list(range(config["library"]["n_shards"]))
-# The evolutionary prior's alignment (prior.msa): an input of tuning and training when set.
-PRIOR_MSA = [prior_msa(config)] if prior_msa(config) else []
+STARTED = time.time()
 
 
 # Ensemble members, tuning workers and library shards are numbered; nothing else may reach a shell.
@@ -29,3 +44,25 @@ def res(path):
 
 def stage_cfg(stage):
     return res(f"config/{stage}.yaml")
+
+
+onstart:
+    # Without this, a cluster run on a machine with no SLURM fails each job after ~45 s on 'sacct'.
+    plugin = workflow.executor_plugin
+    if plugin is not None and plugin.name == "slurm" and shutil.which("sbatch") is None:
+        sys.exit(
+            "error: the slurm executor (--profile slurm) needs SLURM, and 'sbatch' is not on PATH here: "
+            "run from a login node of the cluster, or locally with `snakemake --cores N`"
+        )
+
+
+onsuccess:
+    # Warnings land in the jobs' logs (on a cluster, on other machines): repeat them where the user looks.
+    for line in job_warnings(res("logs"), STARTED):
+        print(line, file=sys.stderr)
+
+
+onerror:
+    # The one-line reason of each failed job, not only "check log file(s)".
+    for line in job_errors(res("logs"), STARTED):
+        print(line, file=sys.stderr)

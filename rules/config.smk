@@ -1,8 +1,8 @@
 # Stage 0: one small config file per stage, holding only the sections that stage reads.
 # Snakemake's params rerun trigger watches them, so changing e.g. rank.top_n reruns ranking, not training.
+# `lyra run` rewrites them on the same condition (lyra.config.write_stage_config).
 
-from lyra.config import dump
-from lyra.io import write_text
+from lyra.config import write_stage_config
 
 
 rule stage_config:
@@ -16,4 +16,4 @@ rule stage_config:
         stage="preprocess|tune|train|score|rank|report",
     localrule: True
     run:
-        write_text(output[0], dump(params.cfg))
+        write_stage_config(config, wildcards.stage, output[0])

@@ -1,8 +1,8 @@
 rule preprocess:
     input:
         cfg=stage_cfg("preprocess"),
-        data=data_config(config)["path"],
-        rounds=round_files(config),
+        # the measurements, the wild-type FASTA, split index files and the rounds' measurement files
+        files=STAGE_INPUTS["preprocess"],
     output:
         dataset=res("data/dataset.parquet"),
         report=res("data/report.md"),

@@ -22,6 +22,19 @@ rule report:
         trials=res("tune/trials.tsv"),  # header only when tuning is disabled
         scores=res("library/scores.parquet"),
         ranking=res("ranking.csv"),
+        # the jobs' wall times, for the manifest
+        benchmarks=[
+            res("benchmarks/preprocess.tsv"),
+            *(expand(res("benchmarks/tune/worker{worker}.tsv"), worker=WORKERS) if config["tune"]["enabled"] else []),
+            res("benchmarks/tune/collect.tsv"),
+            expand(res("benchmarks/train/seed{seed}.tsv"), seed=SEEDS),
+            res("benchmarks/evaluate.tsv"),
+            expand(res("benchmarks/score/shard{shard}.tsv"), shard=SHARDS),
+            res("benchmarks/score/gather.tsv"),
+            res("benchmarks/rank.tsv"),
+        ],
+        # the user's config file(s), hashed into the manifest
+        source_configs=CONFIG_FILES,
     output:
         learning_curves=report(
             res("report/learning_curves.png"),
@@ -71,8 +84,6 @@ rule report:
     params:
         campaign_dir=lambda wildcards, output: os.path.dirname(output.manifest),
         out_dir=lambda wildcards, output: os.path.dirname(output.epistasis_tsv),
-        # the user's config file(s), hashed into the manifest
-        source_configs=workflow.configfiles,
     log:
         res("logs/report.log"),
     benchmark:
@@ -85,5 +96,5 @@ rule report:
         "../envs/lyra.yaml"
     shell:
         "lyra report --campaign-dir {params.campaign_dir:q} --out-dir {params.out_dir:q}"
-        " --manifest {output.manifest:q} --config {input.cfgs:q} --source-config {params.source_configs:q}"
+        " --manifest {output.manifest:q} --config {input.cfgs:q} --source-config {input.source_configs:q}"
         " > {log:q} 2>&1"

@@ -6,6 +6,7 @@ rule score_shard:
         cfg=stage_cfg("score"),
         dataset=res("data/dataset.parquet"),
         models=expand(res("models/seed{seed}.pt"), seed=SEEDS),
+        files=STAGE_INPUTS["score"],  # the library file or spec
     output:
         shard=res("library/shard{shard}.parquet"),
     log:
@@ -31,6 +32,8 @@ rule gather_scores:
         res("library/scores.parquet"),
     log:
         res("logs/score/gather.log"),
+    benchmark:
+        res("benchmarks/score/gather.tsv")
     threads: 1
     resources:
         mem_mb=2000,
@@ -50,6 +53,8 @@ rule rank:
         fasta=res("ranking.fasta"),
     log:
         res("logs/rank.log"),
+    benchmark:
+        res("benchmarks/rank.tsv")
     threads: 1
     resources:
         mem_mb=4000,

@@ -6,7 +6,7 @@ rule train:
         cfg=stage_cfg("train"),
         dataset=res("data/dataset.parquet"),
         best=res("tune/best.json"),
-        msa=PRIOR_MSA,
+        files=STAGE_INPUTS["train"],  # the prior's alignment
     output:
         model=res("models/seed{seed}.pt"),
     log:
@@ -34,6 +34,8 @@ rule evaluate:
         metrics=res("models/metrics.json"),
     log:
         res("logs/evaluate.log"),
+    benchmark:
+        res("benchmarks/evaluate.tsv")
     threads: 1
     resources:
         mem_mb=4000,

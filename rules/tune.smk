@@ -10,7 +10,7 @@ if config["tune"]["enabled"]:
         input:
             cfg=stage_cfg("tune"),
             dataset=res("data/dataset.parquet"),
-            msa=PRIOR_MSA,
+            files=STAGE_INPUTS["tune"],  # the prior's alignment
         output:
             done=res("tune/worker{worker}.done"),
         params:
@@ -35,6 +35,7 @@ rule tune_collect:
     input:
         cfg=stage_cfg("tune"),
         dataset=res("data/dataset.parquet"),
+        files=STAGE_INPUTS["tune"],  # the study's name hashes the alignment
         workers=expand(res("tune/worker{worker}.done"), worker=WORKERS) if config["tune"]["enabled"] else [],
     output:
         best=res("tune/best.json"),
@@ -43,6 +44,8 @@ rule tune_collect:
         journal=JOURNAL,
     log:
         res("logs/tune/collect.log"),
+    benchmark:
+        res("benchmarks/tune/collect.tsv")
     threads: 1
     resources:
         mem_mb=2000,

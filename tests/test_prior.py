@@ -317,7 +317,7 @@ def test_workflow_makes_the_alignment_an_input_of_tuning_and_training(tmp_path):
     text = dry.stdout + dry.stderr
     assert "rule train:" in text and "rule tune_worker:" in text
     inputs = [line for line in text.splitlines() if "input:" in line and str(tmp_path / "family.a2m") in line]
-    assert len(inputs) == 4  # 2 tuning workers + 2 ensemble members
+    assert len(inputs) == 5  # 2 tuning workers, the collect step (it names the study) + 2 ensemble members
 
 
 def test_zero_shot_ranks_the_library_by_the_alignment_alone(tmp_path, monkeypatch):

@@ -241,6 +241,19 @@ def reference_greedy(path: Path, cfg: RankConfig) -> list[str]:
 ])
 def test_vectorised_greedy_matches_the_plain_greedy_across_blocks(tmp_path, diversity):
     path = random_scores(tmp_path, n=400, seed=3)
-    cfg = RankConfig(top_n=30, pool_factor=1, diversity=diversity)  # blocks of 30, 120, 480: rules carry over
+    cfg = RankConfig(top_n=30, pool_factor=1, diversity=diversity, allow_fewer=True)  # blocks of 30, 120, 480: rules carry over
     picked = rank_variants(path, cfg)
     assert picked["mutations"].tolist() == reference_greedy(path, cfg)
+
+
+def test_a_short_ranking_is_an_error_naming_the_keys_unless_allowed(tmp_path, caplog):
+    path = random_scores(tmp_path, n=400, seed=3)
+    strict = {"max_per_mutation": 4, "max_per_position": 9, "min_hamming": 2}  # leaves 19 of 30 (above)
+    with pytest.raises(ConfigError, match=r"19 picks, fewer than rank.top_n = 30: the diversity rules "
+                                          r"\(rank.diversity.max_per_mutation: 4.*rank.allow_fewer: true"):
+        rank_variants(path, RankConfig(top_n=30, diversity=strict))
+    with pytest.raises(ConfigError, match="the library has only 400 scored variants"):
+        rank_variants(path, RankConfig(top_n=500))
+    with caplog.at_level("WARNING", logger="lyra.rank"):
+        picked = rank_variants(path, RankConfig(top_n=500, allow_fewer=True))
+    assert len(picked) == 400 and "fewer than rank.top_n = 500" in caplog.text

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from itertools import combinations
 from pathlib import Path
 
@@ -63,7 +65,7 @@ def _tuning(root: Path) -> None:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from lyra.tune import trials_table
+    from lyra.tune import param_importances, trials_table
 
     journal = root / "tune" / "journal.log"
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,7 @@ def _tuning(root: Path) -> None:
     trials_table(study).to_csv(root / "tune" / "trials.tsv", sep="\t", index=False, na_rep="")
     best = {"tuned": True, "metric": "spearman", "direction": "maximize", "best_value": study.best_value,
             "best_trial": study.best_trial.number, "best_params": study.best_params, "study_name": "demo-abc"}
+    best["importances"], best["importances_note"] = param_importances(study)
     (root / "tune" / "best.json").write_text(json.dumps(best))
 
 
@@ -98,9 +101,8 @@ def _library(root: Path, models: list[Path]) -> None:
         .to_csv(root / "ranking.csv", index=False)
 
 
-@pytest.fixture(scope="module")
-def campaign(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("results") / "demo"
+def build_campaign(root: Path) -> Path:
+    """A finished tiny campaign in root: dataset, two 2-epoch members, metrics.json, a study, a ranking."""
     _dataset(root / "data" / "dataset.parquet")
     ds = pq.read_table(root / "data" / "dataset.parquet")
     frame, meta = ds.to_pandas(), json.loads(ds.schema.metadata[b"lyra"])
@@ -116,6 +118,11 @@ def campaign(tmp_path_factory) -> Path:
     _tuning(root)
     _library(root, models)
     return root
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory) -> Path:
+    return build_campaign(tmp_path_factory.mktemp("results") / "demo")
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +150,34 @@ def test_every_figure_is_a_png(report_dir):
 
 def test_tables(report_dir, campaign):
     md = (report_dir / "top_n.md").read_text().splitlines()
+    table = md[md.index(next(line for line in md if line.startswith("|"))):]  # after any warning block
     ranking = pd.read_csv(campaign / "ranking.csv")
-    assert len(md) == 2 + len(ranking)
-    assert md[0].startswith("| rank | variant_id | mutations |") and "sequence" not in md[0]
-    assert ranking["mutations"][0] in md[2]
+    assert len(table) == 2 + len(ranking)
+    assert table[0].startswith("| rank | variant_id | mutations |") and "sequence" not in table[0]
+    assert ranking["mutations"][0] in table[2]
+
+
+def test_learning_warnings_are_shown(campaign, tmp_path):
+    """metrics.json's warnings open top_n.md as a warning block and sit in a box under the test-predictions
+    panels (the figure grows to hold them); without warnings there is neither."""
+    root = tmp_path / "flagged"
+    shutil.copytree(campaign, root, ignore=shutil.ignore_patterns("report"))
+    metrics = json.loads((root / "models" / "metrics.json").read_text())
+    warnings = ["fitness: predictions collapsed to a near-constant on valid (0.010): try another train.lr.",
+                "fitness: the model is no better than predicting the mean on test (R² -0.10, Spearman 0.01)."]
+    (root / "models" / "metrics.json").write_text(json.dumps({**metrics, "warnings": warnings, "learned": False}))
+    R.make_report(root, root / "report", {"report": {"epistasis_positions": 4}})
+    md = (root / "report" / "top_n.md").read_text().splitlines()
+    assert md[0] == "> [!WARNING]" and "may not have learned" in md[1]
+    assert md[3:5] == [f"> - {w}" for w in warnings] and md[5] == "" and md[6].startswith("| rank |")
+    width, height = _png_size(root / "report" / "test_predictions.png")
+    assert (width, height) != (840, 312) and height > width  # one square panel plus the warning box
+
+    measured = np.linspace(0, 1, 12)
+    plain = R.plot_test_predictions(measured, measured, tmp_path / "plain.png", ["fitness"])
+    assert _png_size(plain) == (672, 672)  # 5.6 in square at 120 dpi
+    ranking = pd.read_csv(campaign / "ranking.csv")
+    assert R.write_top_markdown(ranking, tmp_path / "top.md", []).read_text().startswith("| rank |")
 
 
 def test_epistasis_is_f_ij_minus_singles_plus_wt(report_dir, campaign):
@@ -217,15 +248,16 @@ def test_missing_inputs_give_placeholder_figures(tmp_path, campaign):
         assert _png_size(root / "report" / name) == (840, 312), name
 
 
-def test_importances_need_varying_params(tmp_path):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+def test_importances_need_varying_params():
+    from lyra.tune import param_importances
 
-    journal = tmp_path / "journal.log"
-    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(journal))), study_name="s")
+    study = optuna.create_study()
     study.optimize(lambda t: 0.5, n_trials=1)
-    imp, why = R.param_importances(journal, "s")
+    imp, why = param_importances(study)
     assert imp is None and "at least 2 completed trials" in why
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2 + 0.01 * t.suggest_int("k", 1, 3), n_trials=12)
+    imp, why = param_importances(study)
+    assert why == "" and set(imp) == {"x", "k"} and imp["x"] > imp["k"]
 
 
 def test_cli(campaign, tmp_path):
@@ -249,39 +281,50 @@ def test_cli_rejects_unknown_report_key(campaign, tmp_path, capsys):
     assert rc == 2 and err.startswith("error: report.epistasis_position: unknown key") and len(err.splitlines()) == 1
 
 
-@pytest.mark.slow
-def test_snakemake_rule_and_html_report(campaign, tmp_path):
-    """rules/report.smk runs under Snakemake and `snakemake --report` collects every figure with its caption."""
-    import subprocess
-    import sys
-
-    if shutil.which("snakemake") is None:
-        pytest.skip("snakemake is not installed")
+def run_report_rule_and_html_report(campaign: Path, tmp_path: Path, python: str = sys.executable,
+                                    env: dict | None = None) -> str:
+    """Run rules/report.smk under Snakemake on a copy of `campaign`, then `snakemake --report`, with the
+    given Python (whose environment supplies snakemake and the rule's `lyra` command); -> the HTML."""
     repo = Path(__file__).resolve().parents[1]
     root = tmp_path / "results" / "demo"
     shutil.copytree(campaign, root, ignore=shutil.ignore_patterns("report", "manifest.json"))
     for stage in ("preprocess", "tune", "train", "score", "rank", "report"):
         (root / "config").mkdir(exist_ok=True)
         (root / "config" / f"{stage}.yaml").write_text(f"campaign: demo\nseed: 0\n_base_dir: {tmp_path}\n")
-    (tmp_path / "campaign.yaml").write_text("campaign: demo\n")
+    # the other jobs' benchmark files, which the rule reads for the manifest's wall times
+    for rel in ["preprocess", "tune/collect", "train/seed0", "train/seed1", "evaluate", "score/shard0",
+                "score/gather", "rank"]:
+        (root / "benchmarks" / f"{rel}.tsv").parent.mkdir(parents=True, exist_ok=True)
+        (root / "benchmarks" / f"{rel}.tsv").write_text("s\th:m:s\n1.0\t0:00:01\n")
+    (tmp_path / "campaign.yaml").write_text("campaign: demo\ntune: {enabled: false}\n")
     (tmp_path / "Snakefile").write_text(
         'configfile: "campaign.yaml"\n'
-        'RESULTS = "results/demo"\nSEEDS = [0, 1]\n'
+        'RESULTS = "results/demo"\nSEEDS = [0, 1]\nWORKERS = [0]\nSHARDS = [0]\n'
+        'CONFIG_FILES = workflow.configfiles\n'
         'def res(p): return f"{RESULTS}/{p}"\n'
         'def stage_cfg(s): return res(f"config/{s}.yaml")\n'
         f'include: "{repo / "rules" / "report.smk"}"\n'
         'rule all:\n    input: rules.report.output\n    default_target: True\n'
     )
-    smk = [sys.executable, "-m", "snakemake", "--cores", "1", "--snakefile", str(tmp_path / "Snakefile")]
-    run = subprocess.run(smk, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    smk = [python, "-m", "snakemake", "--cores", "1", "--snakefile", str(tmp_path / "Snakefile")]
+    run = subprocess.run(smk, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     log = root / "logs" / "report.log"
     assert run.returncode == 0, run.stderr[-3000:] + (log.read_text()[-2000:] if log.exists() else "")
     manifest = json.loads((root / "manifest.json").read_text())
     assert any(r["path"] == str(tmp_path / "campaign.yaml") for r in manifest["inputs"])
     run = subprocess.run([*smk, "--report", str(tmp_path / "report.html")], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     html = (tmp_path / "report.html").read_text()
     for name in R.FIGURES.values():
         assert name in html, name
     assert "Learning curves of each ensemble member" in html and "epsilon = f(ij) - f(i) - f(j) + f(wt)" in html
+    return html
+
+
+@pytest.mark.slow
+def test_snakemake_rule_and_html_report(campaign, tmp_path):
+    """rules/report.smk runs under Snakemake and `snakemake --report` collects every figure with its caption."""
+    if shutil.which("snakemake") is None:
+        pytest.skip("snakemake is not installed")
+    run_report_rule_and_html_report(campaign, tmp_path)

@@ -95,15 +95,21 @@ def test_simulate_round_errors_name_the_problem(campaign, tmp_path, capsys):
 
 
 def test_lyra_run_notices_new_measurements(campaign, tmp_path):
-    """`lyra run` reuses outputs only while the measurement files are the ones the dataset was made from."""
-    from lyra.pipeline import _measurements_changed
+    """`lyra run` remakes the dataset when a round file appears or a measurement file is edited."""
+    import os
+
+    from lyra.pipeline import _made_from_other_measurements, is_stale, stage_inputs
 
     config, root = campaign
     dataset = pipeline.preprocess(config, root / "data")
-    assert not _measurements_changed(config, dataset)
-    simulate_round(config)  # a new round file
-    assert _measurements_changed(config, dataset)
+    assert not _made_from_other_measurements(config, dataset)
+    assert not is_stale(stage_inputs(config)["preprocess"], [dataset])
+    simulate_round(config)  # a new round file: another set of inputs
+    assert _made_from_other_measurements(config, dataset)
     dataset = pipeline.preprocess(config, root / "data")
-    assert not _measurements_changed(config, dataset)
+    assert not _made_from_other_measurements(config, dataset)
+    assert not is_stale(stage_inputs(config)["preprocess"], [dataset])
     Path("landscape.csv").write_text(Path("landscape.csv").read_text().replace("WT,1.0", "WT,1.5"))  # data edited
-    assert _measurements_changed(config, dataset)
+    later = dataset.stat().st_mtime + 5
+    os.utime("landscape.csv", (later, later))  # an edit made after the dataset, whatever the clock's resolution
+    assert is_stale(stage_inputs(config)["preprocess"], [dataset])

@@ -4,6 +4,7 @@ checkpoints, target transforms, classification, padding, device fallback, metric
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -375,18 +376,43 @@ def test_cuda_request_without_gpu_falls_back_to_cpu(frame, tmp_path, monkeypatch
         resolve_device("tpu")
 
 
-def test_write_metrics(frame, tmp_path):
-    paths = [train_model(frame, META, TINY, cfg(max_epochs=2), seed=s, checkpoint_path=tmp_path / f"s{s}.pt")
+def test_write_metrics(frame, tmp_path, caplog):
+    paths = [train_model(frame, META, TINY, cfg(max_epochs=8, lr=1e-2), seed=s, checkpoint_path=tmp_path / f"s{s}.pt")
              .checkpoint_path for s in (0, 1)]
-    write_metrics(tmp_path / "models" / "metrics.json", paths, frame, META, "cpu")
+    with caplog.at_level(logging.WARNING, logger="lyra.train"):
+        write_metrics(tmp_path / "models" / "metrics.json", paths, frame, META, "cpu")
     text = (tmp_path / "models" / "metrics.json").read_text()
     out = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert {"test", "valid", "learning_curves"} <= out.keys()
+    assert {"test", "valid", "learning_curves", "warnings", "learned"} <= out.keys()
+    # a model that learned: predictions correlate with the targets, nothing to warn about
+    assert out["test"]["ensemble"]["spearman"] > 0.5 and out["valid"]["ensemble"]["spearman"] > 0.5
+    assert out["warnings"] == [] and out["learned"] is True and not caplog.records
+    base = out["valid"]["baseline"]["fitness"]
+    assert base["n"] == (frame["split"] == "valid").sum()
+    assert base["target_std"] == pytest.approx(frame.loc[frame["split"] == "valid", "fitness"].std(ddof=0))
+    assert 0.1 * base["target_std"] < base["prediction_std"] < 2 * base["target_std"]
     assert set(out["test"]["ensemble"]) == {"spearman", "pearson", "mse", "ndcg"}
     assert [s["seed"] for s in out["test"]["per_seed"]] == [0, 1]
-    assert set(out["learning_curves"]) == {"0", "1"} and len(out["learning_curves"]["0"]) == 2
+    assert set(out["learning_curves"]) == {"0", "1"} and len(out["learning_curves"]["0"]) == 8
     assert out["test"]["n"] == (frame["split"] == "test").sum()
     # the ensemble is the mean of the members' predictions
     test = frame[frame["split"] == "test"]
     pred = np.mean([predict_sequences(*load_checkpoint(p), test["sequence"].tolist()) for p in paths], axis=0)
     assert out["test"]["ensemble"]["spearman"] == pytest.approx(M.spearman(test["fitness"], pred[:, 0]))
+
+
+def test_write_metrics_flags_a_collapsed_model(frame, tmp_path, caplog):
+    """A decoder with zero weights predicts its bias for every variant: metrics.json and the log say that
+    the model has not learned."""
+    r = train_model(frame, META, TINY, cfg(max_epochs=1), seed=0, checkpoint_path=tmp_path / "s0.pt")
+    checkpoint = torch.load(r.checkpoint_path, weights_only=True)
+    checkpoint["state_dict"]["decoder.weight"].zero_()
+    torch.save(checkpoint, tmp_path / "collapsed.pt")
+    with caplog.at_level(logging.WARNING, logger="lyra.train"):
+        write_metrics(tmp_path / "metrics.json", [tmp_path / "collapsed.pt"], frame, META)
+    out = json.loads((tmp_path / "metrics.json").read_text())
+    assert out["learned"] is False and len(out["warnings"]) == 1
+    assert out["warnings"][0].startswith("fitness: predictions collapsed to a near-constant")
+    assert "on valid (0.000), test (0.000)" in out["warnings"][0]
+    assert out["valid"]["baseline"]["fitness"]["prediction_std"] < 1e-9
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING] == out["warnings"]

@@ -547,7 +547,9 @@ def test_collect_best_outputs(tmp_path):
     best = collect_best(journal, tmp_path / "best.json", tmp_path / "trials.tsv", tune_cfg=cfg)
     assert json.loads((tmp_path / "best.json").read_text()) == best
     assert set(best) == {"tuned", "metric", "direction", "best_value", "best_trial", "best_params", "model", "train",
-                         "n_trials", "trial_counts", "stale_trials_failed", "n_workers", "study_name"}
+                         "n_trials", "trial_counts", "stale_trials_failed", "n_workers", "study_name", "importances",
+                         "importances_note"}
+    assert best["importances_note"] == "" and set(best["importances"]) <= set(best["best_params"])
     trials = load(journal).trials
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     top = max(done, key=lambda t: t.value)
