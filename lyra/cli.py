@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True)
     p.add_argument("--csv", required=True)
     p.add_argument("--fasta", required=True)
+    p.add_argument("--dataset", help="dataset.parquet: ranking.csv gains the measured value of picks measured already")
+    p.add_argument("--plate", help="the plate map (default: plate.csv next to --csv)")
+    p.add_argument("--dna", help="the picks' genes, with data.wild_type_dna (default: ranking_dna.fasta next to --csv)")
     p = sub.add_parser("simulate-round", help="replay the lab: measure the ranking's picks in a complete landscape")
     _common(p)
     p.add_argument("--results", default="results", help="results root (default: results)")
@@ -152,7 +155,7 @@ def _dispatch(args: argparse.Namespace, config: dict | None) -> None:
     elif cmd == "score":
         pipeline.score(config, args.dataset, args.checkpoints, args.shard, args.out)
     elif cmd == "rank":
-        pipeline.rank(config, args.scores, args.csv, args.fasta)
+        pipeline.rank(config, args.scores, args.csv, args.fasta, dataset=args.dataset, plate=args.plate, dna=args.dna)
     elif cmd == "zero-shot":
         print(pipeline.zero_shot(config, args.out, args.top))
     elif cmd == "simulate-round":

@@ -28,7 +28,7 @@ STAGE_SECTIONS = {
     "tune": ("campaign", "seed", "model", "train", "tune", "prior"),
     "train": ("campaign", "seed", "model", "train", "prior"),
     "score": ("campaign", "seed", "library", "train"),  # train.device
-    "rank": ("campaign", "seed", "library", "rank"),
+    "rank": ("campaign", "seed", "data", "library", "rank"),  # data.wild_type_dna
     "report": ("campaign", "seed", "report"),
 }
 

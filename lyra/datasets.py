@@ -1,11 +1,12 @@
 """From a measurement table to a validated, split ``dataset.parquet``.
 
-``prepare_dataset`` reads a CSV / TSV / Parquet / FASTA file, validates every row, normalises it
-(sequences upper case, mutation strings canonical), averages replicate measurements of the same sequence,
-drops missing targets, assigns each unique variant to train / valid / test, and writes
+``prepare_dataset`` reads a CSV / TSV / Parquet / FASTA file or a sheet of an Excel workbook, validates
+every row, normalises it (sequences upper case, mutation strings canonical), averages replicate measurements
+of the same sequence, drops missing targets, assigns each unique variant to train / valid / test, and writes
 ``dataset.parquet`` (explicit schema, metadata under the key ``lyra``) and ``report.md``. Every problem is a
 one-line ``DataError`` naming the file and the 1-based row (the line a user sees in an editor: the header
-is line 1) or a ``ConfigError`` naming the config key. Nothing is written unless everything succeeded.
+is line 1; in a workbook, the sheet and the row number Excel shows) or a ``ConfigError`` naming the config
+key. Nothing is written unless everything succeeded.
 
 Splits (``SplitConfig.method``):
   random        seeded fractions of the unique variants
@@ -46,7 +47,7 @@ from lyra.variants import MutationParser, is_wild_type_token, read_wild_type
 log = logging.getLogger("lyra.datasets")
 
 SPLITS = ("train", "valid", "test")
-FORMATS = ("csv", "tsv", "parquet", "fasta")
+FORMATS = ("csv", "tsv", "parquet", "fasta", "excel")
 TASKS = ("regression", "classification")
 AGGREGATES = ("mean", "median", "first", "error")
 DROP_KINDS = ("nonsense", "synonymous")  # data.drop_variants
@@ -69,6 +70,8 @@ _SUFFIX_FORMATS = {
     ".fas": "fasta",
     ".faa": "fasta",
     ".fna": "fasta",
+    ".xlsx": "excel",
+    ".xlsm": "excel",
 }
 
 
@@ -101,11 +104,12 @@ def _check_type(prefix: str, key: str, value: Any, types: tuple, allow_none: boo
 
 @dataclass
 class DataConfig:
-    path: str = ""  # csv / tsv / parquet / fasta (optionally .gz)
+    path: str = ""  # csv / tsv / parquet / fasta (optionally .gz) / xlsx / xlsm
     format: str = "auto"  # auto = by extension
     sequence_column: str | None = None  # a full-sequence column ...
     mutations_column: str | None = None  # ... or mutations against the wild type (or both: checked to agree)
     wild_type: str | None = None  # FASTA path or the sequence itself
+    wild_type_dna: str | None = None  # its coding sequence (FASTA), for the picks' genes (lyra.dna); not read here
     first_position: int = 1  # the number of the wild type's first residue
     target_column: str | list[str] | None = None  # one or more numeric targets, or one class column
     task: str = "regression"  # regression | classification
@@ -121,6 +125,7 @@ class DataConfig:
     max_mutations: int | None = None  # keep only variants with at most this many substitutions (data file only)
     drop_variants: list[str] = field(default_factory=list)  # nonsense / synonymous rows: dropped (and counted)
     padding: str | None = None  # a filler letter stripped from both ends of every sequence (e.g. 'J')
+    sheet: str | int | None = None  # Excel: the sheet's name or 0-based index; None = the first sheet
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DataConfig":
@@ -132,7 +137,7 @@ class DataConfig:
         self.path = str(self.path)
         if self.format not in ("auto",) + FORMATS:
             raise ConfigError(f"{p}.format: {self.format!r} is not one of auto, {', '.join(FORMATS)}")
-        for key in ("sequence_column", "mutations_column", "wild_type", "id_column", "fasta_label_key", "count_column"):
+        for key in ("sequence_column", "mutations_column", "wild_type", "wild_type_dna", "id_column", "fasta_label_key", "count_column"):
             _check_type(p, key, getattr(self, key), (str,), allow_none=True)
         _check_type(p, "first_position", self.first_position, (int,))
         _check_type(p, "min_count", self.min_count, (int,))
@@ -145,6 +150,9 @@ class DataConfig:
         _check_type(p, "uppercase", self.uppercase, (bool,))
         _check_type(p, "equal_length", self.equal_length, (bool,))
         _check_type(p, "mutation_separators", self.mutation_separators, (str,))
+        _check_type(p, "sheet", self.sheet, (str, int), allow_none=True)
+        if self.sheet == "" or (isinstance(self.sheet, int) and self.sheet < 0):
+            raise ConfigError(f"{p}.sheet: expected a sheet name or a 0-based index, got {self.sheet!r}")
         if isinstance(self.target_column, (list, tuple)):
             if not self.target_column or not all(isinstance(t, str) and t for t in self.target_column):
                 raise ConfigError(f"{p}.target_column: expected a column name or a list of names")
@@ -293,7 +301,7 @@ class SplitConfig:
 
 
 def detect_format(path: str | Path, fmt: str = "auto") -> str:
-    """csv | tsv | parquet | fasta, from `fmt` or the file extension (a trailing .gz is looked through)."""
+    """csv | tsv | parquet | fasta | excel, from `fmt` or the file extension (a trailing .gz is looked through)."""
     if fmt != "auto":
         return fmt
     name = Path(path).name.lower()
@@ -302,17 +310,21 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
     suffix = Path(name).suffix
     if suffix in _SUFFIX_FORMATS:
         return _SUFFIX_FORMATS[suffix]
+    if suffix == ".xls":  # openpyxl reads only the zipped XML workbooks of Excel 2007 and later
+        raise ConfigError(f"data.format: {Path(path).name!r} is an Excel 97-2003 workbook; save it as .xlsx")
     raise ConfigError(
         f"data.format: cannot tell the format of {Path(path).name!r} from its extension; "
         f"set data.format to one of {', '.join(FORMATS)}"
     )
 
 
-def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
+def read_table(path: str | Path, fmt: str = "auto", sheet: str | int | None = None) -> pd.DataFrame:
     """Read a measurement table; the index is the 1-based row a user sees (see the module docstring).
 
-    CSV / TSV / FASTA cells are strings ('' for empty); Parquet keeps its column types. FASTA gives the
-    columns ``id``, ``sequence`` and one per ``key=value`` token of the headers (``>v1 TARGET=1.2 SET=train``).
+    CSV / TSV / FASTA / Excel cells are strings ('' for empty); Parquet keeps its column types. FASTA gives
+    the columns ``id``, ``sequence`` and one per ``key=value`` token of the headers (``>v1 TARGET=1.2 SET=train``).
+    Excel reads `sheet` (a name or 0-based index; None: the first) and sets ``attrs["where"]`` (file and
+    sheet, for errors) and ``attrs["header_row"]``.
     """
     path = Path(path)
     fmt = detect_format(path, fmt)
@@ -331,6 +343,8 @@ def read_table(path: str | Path, fmt: str = "auto") -> pd.DataFrame:
         frame.columns = [str(c).strip() for c in frame.columns]
     elif fmt == "fasta":
         frame = _read_fasta(path)
+    elif fmt == "excel":
+        frame = _read_excel(path, sheet)
     else:  # pragma: no cover - detect_format only returns FORMATS
         raise ConfigError(f"data.format: unknown format {fmt!r}")
     if len(frame) == 0:
@@ -446,6 +460,133 @@ def _read_fasta(path: Path) -> pd.DataFrame:
     return frame.fillna("")
 
 
+def _read_excel(path: Path, sheet: str | int | None) -> pd.DataFrame:
+    """One sheet of a workbook, read as a CSV is: strings, the first non-empty row is the header, blank rows
+    are dropped (and counted), and the index is the row number Excel shows. Formulas give their saved values."""
+    import openpyxl
+    from openpyxl.utils import get_column_letter
+
+    raw = path.read_bytes()
+    if path.name.lower().endswith(".gz"):
+        raw = gzip.decompress(raw)
+    try:
+        book = openpyxl.load_workbook(io.BytesIO(raw), data_only=True)  # data_only: a formula's saved value
+    except Exception as e:  # not a zip, or a zip that holds no workbook (often a text table renamed .xlsx)
+        raise DataError(
+            f"cannot tell the format of {path.name!r}: it is named like an Excel workbook but is not one "
+            f"({_one_line(e)}); if it is a text table, set data.format (csv or tsv)", str(path),
+        ) from None
+    ws = _pick_sheet(book, sheet, path)
+    where = f"{path}, sheet {ws.title!r}"
+    cells = [list(r) for r in ws.iter_rows(values_only=True)]  # cells[i][j] is Excel row i + 1, column j + 1
+    filled = [i for i, r in enumerate(cells) if any(not _empty_cell(v) for v in r)]
+    if not filled:
+        raise DataError("the sheet is empty", where, 1)
+    head, last = filled[0], filled[-1]  # rows above the header and below the last value are not the table
+    if head == last:
+        raise DataError("no data rows (the sheet holds only a header)", where, head + 2)
+    table = cells[head:last + 1]
+    columns = [j for j in range(len(cells[head])) if any(not _empty_cell(r[j]) for r in table)]
+
+    if any(r[j] is None for r in table for j in columns):
+        _check_formulas(raw, ws.title, cells, head, last, columns, where)
+    _check_merged(ws, head, last, columns, where)
+
+    names = []
+    for j in columns:
+        name = _cell_text(cells[head][j]).strip()
+        # no config key can name it, but listing it shows where the table's columns are
+        names.append(name or f"Unnamed: {get_column_letter(j + 1)}")
+    seen: dict[str, int] = {}
+    for j, name in zip(columns, names):
+        if name in seen:
+            first, second = (f"{get_column_letter(k + 1)}{head + 1}" for k in (seen[name], j))
+            raise DataError(f"column name {name!r} is in the header twice ({first} and {second}); "
+                            "give each column its own name", where, head + 1)
+        seen[name] = j
+
+    frame = pd.DataFrame([[_cell_text(r[j]) for j in columns] for r in table[1:]], columns=names,
+                         index=pd.RangeIndex(head + 2, last + 2, name="line"), dtype=object)
+    blank = (frame == "").all(axis=1)
+    if blank.any():
+        frame = frame.loc[~blank]
+    frame.attrs.update(where=where, header_row=head + 1, blank_lines=int(blank.sum()))
+    return frame
+
+
+def _pick_sheet(book, sheet: str | int | None, path: Path):
+    tables = book.worksheets  # chart sheets hold no cells
+    titles = [ws.title for ws in tables]
+    if sheet is None:
+        return tables[0]
+    if isinstance(sheet, int) and sheet < len(tables):
+        return tables[sheet]
+    if isinstance(sheet, str) and sheet in titles:
+        return tables[titles.index(sheet)]
+    wanted = (f"sheet at index {sheet} (data.sheet counts from 0)" if isinstance(sheet, int)
+              else f"sheet {sheet!r} (data.sheet)")
+    raise DataError(f"no {wanted}; the sheets are: {', '.join(map(repr, titles))}", str(path))
+
+
+def _empty_cell(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _cell_text(value: Any) -> str:
+    """A cell as the string a CSV export would hold, so both formats validate alike."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # Excel stores every number as a float: 3.0 is the 3 the user typed
+    return str(value)
+
+
+def _check_formulas(raw: bytes, title: str, cells: list, head: int, last: int, columns: list[int],
+                    where: str) -> None:
+    """A formula the workbook holds no saved value for reads as empty: name it instead (files written by
+    a program rather than by Excel often have none)."""
+    import openpyxl
+    from openpyxl.utils import get_column_letter
+
+    book = openpyxl.load_workbook(io.BytesIO(raw), read_only=True, data_only=False)
+    try:
+        rows = book[title].iter_rows(min_row=head + 1, max_row=last + 1, values_only=True)
+        for i, formulas in enumerate(rows, start=head):
+            for j in columns:
+                f = formulas[j] if j < len(formulas) else None
+                if cells[i][j] is None and not _empty_cell(f):
+                    shown = f" ({f})" if isinstance(f, str) else ""
+                    raise DataError(
+                        f"cell {get_column_letter(j + 1)}{i + 1} holds a formula{shown} with no saved value; "
+                        "open the workbook in Excel and save it, so the value is calculated and stored", where, i + 1,
+                    )
+    finally:
+        book.close()
+
+
+def _check_merged(ws, head: int, last: int, columns: list[int], where: str) -> None:
+    """openpyxl gives a merged range's value to its top-left cell only; the others would read as empty (a
+    header spanning two columns would leave one unnamed), so a merged value inside the table is an error."""
+    inside = set(columns)
+    for rng in sorted(ws.merged_cells.ranges, key=lambda r: (r.min_row, r.min_col)):
+        if rng.max_row < head + 1 or rng.min_row > last + 1:
+            continue
+        if not inside.intersection(range(rng.min_col - 1, rng.max_col)):
+            continue
+        value = ws.cell(rng.min_row, rng.min_col).value
+        if _empty_cell(value):  # merged blank cells (formatting) lose nothing
+            continue
+        if rng.min_row == head + 1 and rng.max_col > rng.min_col:
+            message = (f"header cells {rng.coord} are merged, so only the first of their columns is named "
+                       f"({_cell_text(value)!r}); unmerge them and give each column its own header cell")
+        else:
+            message = (f"cells {rng.coord} are merged: only the first holds {_cell_text(value)!r}, the others read "
+                       "as empty; unmerge them and fill each cell")
+        raise DataError(message, where, rng.min_row)
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:300]
 
@@ -495,9 +636,10 @@ def _is_missing(values: list[str]) -> np.ndarray:
 
 
 class _Ctx:
-    """One input file: builds errors naming it and the row (`i` is the position in the file's frame)."""
+    """One input file: builds errors naming it (and its sheet) and the row (`i` is the position in the file's
+    frame)."""
 
-    def __init__(self, path: Path, lines: np.ndarray):
+    def __init__(self, path: str | Path, lines: np.ndarray):
         self.path, self.lines = path, lines
 
     def error(self, i: int, message: str) -> DataError:
@@ -624,15 +766,16 @@ def _prepare(cfg: DataConfig, split_cfg: SplitConfig, paths: list[Path], base_di
 
     # ---- every file's rows, validated and normalised (errors name that file)
     counts: dict[str, Any] = {}
-    parts, sources = [], []
+    parts, sources, wheres = [], [], []
     for src, path in enumerate(paths):
         rows, c = _read_measurements(path, src, cfg, split_cfg, wild_type, alphabet, base_dir)
         parts.append(rows)
+        wheres.append(rows.attrs["where"])
         _add_counts(counts, c)
         sources.append({"path": str(path.resolve()), "sha256": file_sha256(path), "rows_read": c["rows_read"]})
     rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     if len(rows) == 0:
-        raise DataError("no rows left after dropping missing targets and excluded rows", str(paths[0]))
+        raise DataError("no rows left after dropping missing targets and excluded rows", wheres[0])
 
     # ---- e.g. only the singles and doubles of a landscape measured so far; before merging replicates,
     # so a later round's measurement of a dropped variant is not averaged with the dropped row
@@ -642,13 +785,13 @@ def _prepare(cfg: DataConfig, split_cfg: SplitConfig, paths: list[Path], base_di
         keep = (rows["_src"].to_numpy() > 0) | (_count_substitutions(rows["sequence"], wild_type) <= cfg.max_mutations)
         counts["variants_dropped_above_max_mutations"] = int((~keep).sum())
         if not keep.any():
-            raise DataError(f"no variant has at most data.max_mutations = {cfg.max_mutations} mutations", str(paths[0]))
+            raise DataError(f"no variant has at most data.max_mutations = {cfg.max_mutations} mutations", wheres[0])
         rows = rows.loc[keep].reset_index(drop=True)
 
     # ---- duplicate ids must name one sequence; replicates of a sequence are merged
     if "variant_id" in rows.columns:
-        _check_ids(rows, paths)
-    rows, merged = _aggregate(rows, cfg, paths)
+        _check_ids(rows, wheres)
+    rows, merged = _aggregate(rows, cfg, wheres)
     counts["replicate_rows_merged"] = merged
 
     # ---- canonical mutations against the wild type
@@ -708,9 +851,10 @@ def _read_measurements(
     `src` 0 is the data file; later ones are campaign rounds (no split column or index files of their own).
     """
     fmt = detect_format(path, cfg.format)
-    raw = read_table(path, fmt)
+    raw = read_table(path, fmt, cfg.sheet)
+    where = raw.attrs.get("where", str(path))  # a workbook's errors also name the sheet
     n = len(raw)
-    ctx = _Ctx(path, raw.index.to_numpy())
+    ctx = _Ctx(where, raw.index.to_numpy())
     counts: dict[str, Any] = {"rows_read": n, "blank_lines_skipped": raw.attrs.get("blank_lines", 0)}
 
     seq_col, id_col = cfg.sequence_column, cfg.id_column
@@ -731,9 +875,10 @@ def _read_measurements(
         keys += [("split.column", split_cfg.column), ("split.valid_column", split_cfg.valid_column)]
     for key, col in keys:
         if col is not None and col not in raw.columns:
-            header_row = {"csv": 1, "tsv": 1, "fasta": int(raw.index[0])}.get(fmt)  # Parquet has no lines
+            header_row = {"csv": 1, "tsv": 1, "fasta": int(raw.index[0]),
+                          "excel": raw.attrs.get("header_row")}.get(fmt)  # Parquet has no lines
             raise DataError(f"no column {col!r} ({key}); the columns are: {', '.join(map(repr, raw.columns))}",
-                            str(path), header_row)
+                            where, header_row)
 
     # ---- sequences: from mutations, from a sequence column, or both (then they must agree)
     seqs: list[str] | None = None
@@ -765,7 +910,7 @@ def _read_measurements(
                                f"({', '.join(cfg.drop_variants)}): nothing is left")
         record = np.flatnonzero(~drop)
         raw = raw.iloc[record]
-        ctx = _Ctx(path, raw.index.to_numpy())
+        ctx = _Ctx(where, raw.index.to_numpy())
         seqs, mut_text, given = (None if v is None else [v[i] for i in record] for v in (seqs, mut_text, given))
         n = len(raw)
 
@@ -847,7 +992,9 @@ def _read_measurements(
                            f"missing target, {counts.get('rows_excluded_by_split', 0)} excluded by the split, "
                            f"{counts.get('rows_dropped_below_min_count', 0)} below data.min_count"
                            + (f", {by_kind} by data.drop_variants" if by_kind else "") + "): nothing is left")
-    return rows.loc[keep], counts
+    rows = rows.loc[keep]
+    rows.attrs["where"] = where  # for errors about rows of several files (ids, replicates)
+    return rows, counts
 
 
 def _nonsense_rows(seqs: list[str] | None, given: list[str] | None, n: int) -> np.ndarray:
@@ -960,11 +1107,12 @@ def _check_lengths(seqs: list[str], wild_type: str | None, cfg: DataConfig, ctx:
         )
 
 
-def _row_error(paths: list[Path], row: pd.Series, message: str) -> DataError:
-    return DataError(message, str(paths[int(row["_src"])]), int(row["_line"]))
+def _row_error(wheres: list[str], row: pd.Series, message: str) -> DataError:
+    """`wheres`: each input file as errors name it (a workbook: with its sheet), by `_src`."""
+    return DataError(message, wheres[int(row["_src"])], int(row["_line"]))
 
 
-def _check_ids(rows: pd.DataFrame, paths: list[Path]) -> None:
+def _check_ids(rows: pd.DataFrame, wheres: list[str]) -> None:
     """An id used for two different sequences is an error at its second use."""
     n_seqs = rows.groupby("variant_id", sort=False)["sequence"].nunique()
     conflicting = set(n_seqs.index[n_seqs.to_numpy() > 1])
@@ -975,12 +1123,12 @@ def _check_ids(rows: pd.DataFrame, paths: list[Path]) -> None:
     for _, row in sub.iterrows():  # only the (few) conflicting rows
         seen = first.setdefault(row["variant_id"], row)
         if row["sequence"] != seen["sequence"]:
-            where = f"{Path(paths[int(seen['_src'])]).name} row {int(seen['_line'])}" if seen["_src"] != row["_src"] \
+            where = f"{Path(wheres[int(seen['_src'])]).name} row {int(seen['_line'])}" if seen["_src"] != row["_src"] \
                 else f"row {int(seen['_line'])}"
-            raise _row_error(paths, row, f"variant id {row['variant_id']!r} was already used for a different sequence at {where}")
+            raise _row_error(wheres, row, f"variant id {row['variant_id']!r} was already used for a different sequence at {where}")
 
 
-def _aggregate(rows: pd.DataFrame, cfg: DataConfig, paths: list[Path]) -> tuple[pd.DataFrame, int]:
+def _aggregate(rows: pd.DataFrame, cfg: DataConfig, wheres: list[str]) -> tuple[pd.DataFrame, int]:
     """One row per unique sequence, in order of first appearance: targets averaged (regression),
     n_replicates kept, the first row's id and line, counts summed."""
     groups = rows.groupby("sequence", sort=False)
@@ -991,7 +1139,7 @@ def _aggregate(rows: pd.DataFrame, cfg: DataConfig, paths: list[Path]) -> tuple[
         out["n_replicates"] = np.ones(len(out), dtype=np.int32)
         return out, 0
     if cfg.aggregate == "error":
-        raise _row_error(paths, rows.loc[rows["sequence"].duplicated()].iloc[0],
+        raise _row_error(wheres, rows.loc[rows["sequence"].duplicated()].iloc[0],
                          "the same sequence appears on an earlier row (data.aggregate: error)")
     must_agree = [("_label", "split label")]  # None (a round's row) agrees with anything
     if cfg.task == "classification":
@@ -1004,7 +1152,7 @@ def _aggregate(rows: pd.DataFrame, cfg: DataConfig, paths: list[Path]) -> tuple[
             seq = nun.index[nun.to_numpy() > 1][0]
             sub = rows.loc[rows["sequence"] == seq]
             raise _row_error(
-                paths, sub.iloc[-1],
+                wheres, sub.iloc[-1],
                 f"replicates of one sequence disagree on the {what} ({', '.join(map(repr, sub[col].dropna().unique()))}); "
                 f"first seen at row {int(sub['_line'].iloc[0])}",
             )

@@ -29,7 +29,7 @@ class DataError(LyraError, ValueError):
 
 
 # A message that already starts with a file ("m.csv, row 4: ...", "/data/wt.fasta: ...") names its file.
-_NAMES_A_FILE = re.compile(r"^[^\s:,]*(/|\.(csv|tsv|txt|parquet|pq|fasta|fa|faa|fna|a2m|a3m|sto|yaml|yml|json|gz)\b)")
+_NAMES_A_FILE = re.compile(r"^[^\s:,]*(/|\.(csv|tsv|txt|parquet|pq|fasta|fa|faa|fna|a2m|a3m|sto|yaml|yml|json|gz|xlsx|xlsm)\b)")
 
 
 def one_line(error: Exception, source: str | None = None) -> str:

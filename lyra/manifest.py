@@ -1,9 +1,9 @@
 """`manifest.json`: what a campaign was computed from, with what, where and how long it took.
 
-SHA-256 of every input (measurements, wild type, round files, library file, config files) and of the
-campaign's main outputs, the resolved config, package versions, the git commit and whether the tree had
-uncommitted changes, the seeds, the device, per-stage wall times (Snakemake benchmark files) and the
-host. It holds a timestamp, so unlike ranking.csv it is not byte-identical across reruns.
+SHA-256 of every input (measurements, wild type and its gene, round files, library file, config files)
+and of the campaign's main outputs, the resolved config, package versions, the git commit and whether
+the tree had uncommitted changes, the seeds, the device, per-stage wall times (Snakemake benchmark
+files) and the host. It holds a timestamp, so unlike ranking.csv it is not byte-identical across reruns.
 """
 
 from __future__ import annotations
@@ -34,7 +34,13 @@ PACKAGES = {"lyra-campaign": "lyra", "torch": "torch", "numpy": "numpy", "pandas
             "snakemake-executor-plugin-slurm": "snakemake-executor-plugin-slurm"}
 # the campaign's outputs worth a checksum (relative to results/<campaign>/)
 OUTPUTS = ("data/dataset.parquet", "tune/best.json", "tune/trials.tsv", "models/metrics.json",
-           "library/scores.parquet", "ranking.csv", "ranking.fasta")
+           "library/scores.parquet", "ranking.csv", "ranking.fasta", "plate.csv")
+DNA_OUTPUT = "ranking_dna.fasta"  # only for a campaign with data.wild_type_dna
+
+
+def output_files(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """OUTPUTS, and the picks' genes when the campaign writes them."""
+    return OUTPUTS + ((DNA_OUTPUT,) if (config.get("data") or {}).get("wild_type_dna") else ())
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -71,6 +77,9 @@ def input_records(config: Mapping[str, Any], config_files: Sequence[str | os.Pat
                             "bytes": len(str(wt)), "inline": True})
     for path in _tolerant(lambda: pipeline.round_files(config), []):
         records.append(file_record(f"round {Path(path).parent.name}", path))
+    dna = _tolerant(lambda: pipeline.wild_type_dna(config), None)
+    if dna:
+        records.append(file_record("wild_type_dna", dna))
     msa = _tolerant(lambda: pipeline.prior_msa(config), None)
     if msa:
         records.append(file_record("prior msa", msa))
@@ -218,7 +227,7 @@ def build_manifest(campaign_dir: str | os.PathLike, config: Mapping[str, Any],
         "python_executable": sys.executable,
         "campaign_dir": str(root.resolve()),
         "inputs": input_records(config, config_files),
-        "outputs": [file_record(rel, root / rel) for rel in OUTPUTS]
+        "outputs": [file_record(rel, root / rel) for rel in output_files(config)]
         + [file_record(f"models/{p.name}", p) for p in _checkpoints(root)],
         "config": {k: v for k, v in config.items() if not str(k).startswith("_")},
         "config_base_dir": config.get("_base_dir"),

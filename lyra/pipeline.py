@@ -76,6 +76,13 @@ def data_config(config: Mapping[str, Any]) -> dict:
     return data
 
 
+def wild_type_dna(config: Mapping[str, Any]) -> str | None:
+    """The wild type's coding sequence (`data.wild_type_dna`, a FASTA file) resolved like the data paths;
+    None when the campaign orders no DNA."""
+    path = (config.get("data") or {}).get("wild_type_dna")
+    return resolve_path(path, config.get("_base_dir", ".")) if path else None
+
+
 def _looks_like_path(value: str) -> bool:
     from lyra.variants import wild_type_is_path
 
@@ -83,8 +90,8 @@ def _looks_like_path(value: str) -> bool:
 
 
 def round_files(config: Mapping[str, Any]) -> list[str]:
-    """rounds/<n>/measurements.csv files, in round order (none while the folder does not exist yet)."""
-    from lyra.rounds import completed_rounds, rounds_root
+    """rounds/<n>/measurements.csv (or .xlsx) files, in round order (none while the folder does not exist yet)."""
+    from lyra.rounds import completed_rounds, round_file, rounds_root
 
     root = rounds_root(config)
     if root is None:
@@ -93,7 +100,7 @@ def round_files(config: Mapping[str, Any]) -> list[str]:
         raise ConfigError(f"config key 'rounds.dir': {root} is not a directory")
     if not root.exists():
         log.info("rounds.dir %s does not exist yet: no measured rounds (it appears with the first)", root)
-    return [str(root / str(n) / "measurements.csv") for n in completed_rounds(root)]
+    return [str(round_file(root / str(n))) for n in completed_rounds(root)]
 
 
 def stage_inputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -118,7 +125,7 @@ def stage_inputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
         "tune": msa,
         "train": msa,
         "score": library,
-        "rank": [],
+        "rank": [dna] if (dna := wild_type_dna(config)) else [],
         "report": [],
     }
 
@@ -159,6 +166,28 @@ def check_campaign(config: Mapping[str, Any]) -> None:
                 "raise library.max_size to score it anyway"
             )
         _check_library_not_measured(config, lib, wt, n)
+    _check_order(config, wt)
+
+
+_GENE_NEEDS_WILD_TYPE = "data.wild_type_dna: a gene needs a protein campaign with data.wild_type, the protein it codes for"
+
+
+def _check_order(config: Mapping[str, Any], wild_type: str | None) -> None:
+    """The plate and DNA settings, before any training: controls that are variants of the campaign, a
+    codon table and enzymes that exist, and a wild-type gene that codes for the wild type."""
+    from lyra.dna import DnaConfig, check_gene, read_gene
+    from lyra.plate import PlateConfig
+
+    data = config["data"]
+    PlateConfig.from_rank(config["rank"]).resolve_controls(wild_type, data.get("first_position", 1),
+                                                           data.get("mutation_separators", ":,;"))
+    DnaConfig.from_rank(config["rank"])
+    dna = wild_type_dna(config)
+    if dna is None:
+        return
+    if wild_type is None or data.get("alphabet", "protein") != "protein":
+        raise ConfigError(_GENE_NEEDS_WILD_TYPE)
+    check_gene(read_gene(dna), wild_type, data.get("first_position", 1), source=f"data.wild_type_dna ({dna})")
 
 
 def _max_rows(path: str | Path) -> int:
@@ -383,11 +412,45 @@ def gather(shards: list[str], out: str | Path) -> Path:
     return gather_scores(shards, out)
 
 
-def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: str | Path) -> Path:
-    from lyra.rank import RankConfig, rank_variants, write_ranking
+def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: str | Path,
+         dataset: str | Path | None = None, plate: str | Path | None = None, dna: str | Path | None = None) -> Path:
+    """ranking.csv and ranking.fasta, the plate map (`plate`, default plate.csv next to the CSV) and, with
+    data.wild_type_dna, the picks' genes (`dna`, default ranking_dna.fasta next to it). With `dataset`,
+    ranking.csv gains the measured value of each pick measured already. Nothing is written on an error."""
+    from lyra.dna import DnaConfig, check_gene, ranking_genes, read_gene, write_genes
+    from lyra.plate import PlateConfig, plate_map, write_plate
+    from lyra.rank import RankConfig, _file_meta, add_measured, rank_variants, write_ranking
+
+    plate = Path(plate) if plate is not None else Path(csv).with_name("plate.csv")
+    gene_file = wild_type_dna(config)
+    dna = (Path(dna) if dna is not None else Path(csv).with_name("ranking_dna.fasta")) if gene_file else None
+    _, meta, _ = _file_meta(Path(scores))  # the wild type the library was built from
+    wt, first = meta.get("wild_type"), meta.get("first_position", 1)
+    plate_cfg = PlateConfig.from_rank(config["rank"])
+    controls = plate_cfg.resolve_controls(wt, first, config.get("data", {}).get("mutation_separators", ":,;"))
+    dna_cfg = DnaConfig.from_rank(config["rank"])
+    gene = None
+    if gene_file:
+        if wt is None:
+            raise ConfigError(_GENE_NEEDS_WILD_TYPE)
+        gene = check_gene(read_gene(gene_file), wt, first, source=f"data.wild_type_dna ({gene_file})")
 
     table = rank_variants(scores, RankConfig.from_dict(config["rank"]))
+    if dataset is not None:
+        table = add_measured(table, dataset)
+    layout = plate_map(table, plate_cfg, controls)
+    genes = ranking_genes(table, gene, wt, dna_cfg, first) if gene is not None else None
     write_ranking(table, csv, fasta)
+    write_plate(layout, plate)
+    n_plates = int(layout["plate"].max())
+    log.info("plate map: %d picks and %d control wells per plate on %d %d-well plate%s -> %s", len(table),
+             plate_cfg.control_wells, n_plates, plate_cfg.plate, "s" if n_plates > 1 else "", plate)
+    if genes is not None:
+        write_genes(table, genes, dna, dna_cfg)
+        log.info("genes: %d picks, codons of the %s table -> %s", len(genes), dna_cfg.codon_table, dna)
+    else:
+        # a gene file of an earlier setting would pass for this ranking's
+        Path(csv).with_name("ranking_dna.fasta").unlink(missing_ok=True)
     return Path(csv)
 
 
@@ -439,6 +502,21 @@ def record_inputs(inputs: list[str | Path], record: str | Path) -> None:
 
 
 def run_campaign(config: Mapping[str, Any], results: str | Path = "results", config_files: tuple[str, ...] = ()) -> Path:
+    """All stages in one process (no Snakemake); see _run_campaign. A first run that stops on bad input
+    leaves nothing behind (not even the stage configs it wrote)."""
+    root = Path(results) / config["campaign"] if results else campaign_dir(config)
+    fresh = not root.exists()
+    try:
+        return _run_campaign(config, results, config_files)
+    except LyraError:
+        if fresh:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _run_campaign(config: Mapping[str, Any], results: str | Path = "results", config_files: tuple[str, ...] = ()) -> Path:
     """All stages in one process (no Snakemake), with the workflow's files and its notion of "stale":
     each stage config is rewritten only when its settings change (the rules' params trigger), and a
     job runs when an output is missing or older than one of its inputs, the same inputs the rules
@@ -497,8 +575,12 @@ def run_campaign(config: Mapping[str, Any], results: str | Path = "results", con
             [cfg["score"], dataset, *models, *ext["score"]], [s])
     scores = root / "library" / "scores.parquet"
     job("gather", lambda: gather([str(s) for s in shards], scores), shards, [scores])
-    ranking = [root / "ranking.csv", root / "ranking.fasta"]
-    job("rank", lambda: rank(config, scores, *ranking), [cfg["rank"], scores], ranking)
+    # the rule's outputs: the plate map always, the picks' genes with data.wild_type_dna
+    ranking = [root / "ranking.csv", root / "ranking.fasta", root / "plate.csv",
+               *([root / "ranking_dna.fasta"] if wild_type_dna(config) else [])]
+    job("rank", lambda: rank(config, scores, *ranking[:2], dataset=dataset, plate=ranking[2],
+                             dna=ranking[3] if len(ranking) > 3 else None),
+        [cfg["rank"], scores, dataset, *ext["rank"]], ranking)
 
     from lyra.manifest import write_manifest
     from lyra.report import FIGURES, TABLES, make_report
@@ -533,4 +615,5 @@ __all__ = [
     "training_seed",
     "tune_collect",
     "tune_worker",
+    "wild_type_dna",
 ]

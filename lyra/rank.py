@@ -45,6 +45,8 @@ log = logging.getLogger("lyra.rank")
 
 STRATEGIES = ("mean", "ucb")
 DIVERSITY_KEYS = ("max_per_mutation", "min_hamming", "max_per_position")
+# rank-section keys about the order itself, read by lyra.plate and lyra.dna, not by the picking
+ORDER_KEYS = ("plate", "fill", "controls", "codon_table", "avoid_sites")
 META_KEY = b"lyra"
 COUNTS_KEY = b"lyra_counts"  # written when a shard is complete
 
@@ -302,7 +304,7 @@ class RankConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "RankConfig":
-        d = dict(d or {})
+        d = {k: v for k, v in dict(d or {}).items() if k not in ORDER_KEYS}
         known = {f.name for f in dataclasses.fields(cls)}
         for key in d:
             if key not in known:
@@ -636,6 +638,20 @@ def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, A
                      zip(out["mean"], out["std"], out["acquisition"], out["acquisition_rank"], greedy.pick_skipped)]
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out[RANK_COLUMNS]
+
+
+def add_measured(df: pd.DataFrame, dataset: str | Path) -> pd.DataFrame:
+    """The ranking with a `measured_<target>` column per target: the dataset's value for a pick that was
+    measured already (a library with exclude_measured: false), empty for the others. Matched by sequence."""
+    from lyra.datasets import load_dataset_meta
+
+    targets = list(load_dataset_meta(dataset).get("targets") or [])
+    measured = pd.read_parquet(dataset, columns=["sequence", *targets]).drop_duplicates("sequence")
+    measured = measured.set_index("sequence")
+    out = df.copy()
+    for t in targets:
+        out[f"measured_{t}"] = out["sequence"].map(measured[t]).to_numpy()
+    return out
 
 
 def write_ranking(df: pd.DataFrame, csv_path: str | Path, fasta_path: str | Path | None = None) -> None:

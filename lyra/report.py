@@ -50,6 +50,7 @@ FIGURES = {
     "tune_importances": "tune_importances.png",
     "library_scores": "library_scores.png",
     "top_n": "top_n.png",
+    "plate": "plate.png",
     "epistasis": "epistasis.png",
 }
 TABLES = {"top_n": "top_n.md", "epistasis": "epistasis.tsv"}
@@ -425,6 +426,80 @@ def plot_top_table(ranking: pd.DataFrame, out: str | Path, n: int = 30) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------
+# plate map
+
+PLATE_COLORS = {"pick": "#cfe2f3", "control": "#f6b26b", "empty": "white"}
+MAX_PLATES_DRAWN = 4  # a larger order is in plate.csv; the picture shows its first plates
+
+
+def _well_label(row: Any, small: bool) -> tuple[str, str]:
+    """(headline, detail) of a well: a pick's rank over its mutations, two per line (the rank only on a
+    384-well plate); a control's name ('WT' or its mutations)."""
+    if row.content == "empty":
+        return "", ""
+    muts = "" if pd.isna(row.mutations) else str(row.mutations)
+    if row.content == "control":
+        return ("WT", "") if not muts else (("ctrl", "") if small else ("", "\n".join(_pairs(muts))))
+    if small:
+        return str(int(row.rank)), ""
+    name = muts or ("" if pd.isna(row.variant_id) else str(row.variant_id))
+    return str(int(row.rank)), "\n".join(_pairs(_short(name, 60)))
+
+
+def _pairs(mutations: str) -> list[str]:
+    parts = mutations.split(":")
+    return [":".join(parts[i: i + 2]) for i in range(0, len(parts), 2)]
+
+
+def plot_plate(plate: pd.DataFrame, out: str | Path) -> Path:
+    """Each plate of plate.csv as a grid of wells: picks labelled with their rank and mutations, controls
+    highlighted, empty wells blank."""
+    from matplotlib.patches import Circle, Patch
+
+    if plate.empty:
+        return plot_unavailable(out, "Plate map", "plate.csv has no wells")
+    numbers = sorted(plate["plate"].unique())
+    shown = numbers[:MAX_PLATES_DRAWN]
+    n_rows = len(plate["row"].unique())
+    n_cols = int(plate["column"].max())
+    small = n_rows > 8  # 384 wells: room for the rank only
+    cell = 0.5 if small else 0.95
+    fig = Figure(figsize=(n_cols * cell + 1.2, len(shown) * (n_rows * cell + 0.9)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(shown), 1))
+    rows = sorted(plate["row"].unique(), key=lambda r: (len(r), r))
+    for ax, number in zip(axes, shown):
+        wells = plate[plate["plate"] == number]
+        for w in wells.itertuples(index=False):
+            x, y = int(w.column) - 1, rows.index(w.row)
+            ax.add_patch(Circle((x, y), 0.45, facecolor=PLATE_COLORS.get(w.content, "white"),
+                                edgecolor="0.35" if w.content != "empty" else "0.75", lw=0.8))
+            head, detail = _well_label(w, small)
+            if head:
+                ax.text(x, y - (0.16 if detail else 0), head, ha="center", va="bottom" if detail else "center",
+                        fontsize=5 if small else 7, weight="bold")
+            if detail:
+                ax.text(x, y - (0.12 if head else 0), detail, ha="center", va="top" if head else "center",
+                        fontsize=5, linespacing=1.1)
+        ax.set_xlim(-0.6, n_cols - 0.4)
+        ax.set_ylim(n_rows - 0.4, -0.6)
+        ax.set_aspect("equal")
+        ax.set_xticks(range(n_cols), [str(c) for c in range(1, n_cols + 1)], fontsize=8)
+        ax.set_yticks(range(n_rows), rows, fontsize=8)
+        ax.xaxis.tick_top()
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_color("0.6")
+        counts = wells["content"].value_counts()
+        ax.set_title(f"Plate {number}: {counts.get('pick', 0)} picks, {counts.get('control', 0)} control wells, "
+                     f"{counts.get('empty', 0)} empty", fontsize=10)
+    handles = [Patch(facecolor=c, edgecolor="0.35", label=k) for k, c in PLATE_COLORS.items()]
+    more = f" (first {len(shown)} of {len(numbers)} plates; all in plate.csv)" if len(shown) < len(numbers) else ""
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8,
+               title=f"Wells by content{more}", title_fontsize=8)
+    return _save(fig, out)
+
+
+# ----------------------------------------------------------------------------------------------------
 # predicted epistasis
 
 
@@ -708,6 +783,14 @@ def make_report(campaign_dir: str | Path, out_dir: str | Path, config: Mapping[s
         written.append(plot_unavailable(paths["top_n"], "Top picks", "ranking.csv is missing"))
         write_text(out_dir / TABLES["top_n"], "\n".join([*warning_block(warnings), "ranking.csv is missing\n"]))
         written.append(out_dir / TABLES["top_n"])
+
+    # plate map
+    if (root / "plate.csv").exists():
+        plate = pd.read_csv(root / "plate.csv", keep_default_na=False, na_values=[""],
+                            dtype={"row": str, "variant_id": str, "mutations": str})
+        written.append(plot_plate(plate, paths["plate"]))
+    else:
+        written.append(plot_unavailable(paths["plate"], "Plate map", "plate.csv is missing"))
 
     # predicted epistasis
     table, positions, why = pd.DataFrame(), [], ""

@@ -4,8 +4,9 @@ A campaign with `rounds.dir: rounds/<campaign>` keeps one folder per round:
 
     rounds/<campaign>/1/ranking.csv        what was ordered (the ranking that round came from)
     rounds/<campaign>/1/measurements.csv   what the lab measured: the data file's columns
+                                           (or measurements.xlsx, the workbook the lab sent)
 
-The preprocess stage appends every `<n>/measurements.csv` to the training data, so the next run
+The preprocess stage appends every round's measurements to the training data, so the next run
 retrains on them, and the library excludes them (they are measured now).
 
 `simulate_round` plays the lab on a landscape that is already fully measured (a retrospective
@@ -35,12 +36,23 @@ def rounds_root(config: Mapping[str, Any]) -> Path | None:
     return Path(resolve_path(rdir, config.get("_base_dir", "."))) if rdir else None
 
 
+ROUND_FILES = ("measurements.csv", "measurements.xlsx", "measurements.xlsm")
+
+
+def round_file(folder: Path) -> Path | None:
+    """The measurements file of one round's folder, or None while the lab has not sent it."""
+    found = [folder / name for name in ROUND_FILES if (folder / name).is_file()]
+    if len(found) > 1:
+        raise ConfigError(f"{folder}: holds {' and '.join(p.name for p in found)}; keep one measurements file")
+    return found[0] if found else None
+
+
 def completed_rounds(root: Path) -> list[int]:
-    """Numbers n of the rounds with a `<n>/measurements.csv`, ascending."""
+    """Numbers n of the rounds with a measurements file (ROUND_FILES), ascending."""
     if not root.is_dir():
         return []
     return sorted(int(p.name) for p in root.iterdir()
-                  if p.is_dir() and p.name.isdigit() and (p / "measurements.csv").is_file())
+                  if p.is_dir() and p.name.isdigit() and round_file(p) is not None)
 
 
 def simulate_round(config: Mapping[str, Any], results: str | Path = "results", truth: str | Path | None = None,
@@ -64,8 +76,8 @@ def simulate_round(config: Mapping[str, Any], results: str | Path = "results", t
     if n < 1:
         raise ConfigError(f"round: must be >= 1, got {n}")
     out_dir = root / str(n)
-    if (out_dir / "measurements.csv").exists():
-        raise ConfigError(f"{out_dir / 'measurements.csv'}: round {n} is already recorded; delete it to redo it")
+    if round_file(out_dir) is not None:
+        raise ConfigError(f"{round_file(out_dir)}: round {n} is already recorded; delete it to redo it")
 
     data = data_config(config)
     data["max_mutations"] = None  # the whole landscape

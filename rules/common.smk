@@ -18,7 +18,8 @@ CONFIG_SOURCE = ", ".join(CONFIG_FILES) or "snakemake config"
 # missing files and an oversized or empty library fail here, before any job is submitted, as one line.
 try:
     config.update(resolve_config(config, source=CONFIG_SOURCE))
-    check_campaign(config)
+    if workflow.is_main_process:  # not again in each cluster job: the run was checked when it started
+        check_campaign(config)
     # Files outside results/ that each stage reads: declared inputs, so an edit reruns that stage.
     STAGE_INPUTS = stage_inputs(config)
 except LyraError as e:

@@ -22,6 +22,9 @@ rule report:
         trials=res("tune/trials.tsv"),  # header only when tuning is disabled
         scores=res("library/scores.parquet"),
         ranking=res("ranking.csv"),
+        plate=res("plate.csv"),
+        # hashed into the manifest: rerun it when the genes change
+        dna=[res("ranking_dna.fasta")] if config.get("data", {}).get("wild_type_dna") else [],
         # the jobs' wall times, for the manifest
         benchmarks=[
             res("benchmarks/preprocess.tsv"),
@@ -71,6 +74,12 @@ rule report:
             caption="../docs/report/top_n.rst",
             category="3. Library and picks",
             labels={"figure": "top-N table"},
+        ),
+        plate=report(
+            res("report/plate.png"),
+            caption="../docs/report/plate.rst",
+            category="3. Library and picks",
+            labels={"figure": "plate map"},
         ),
         epistasis=report(
             res("report/epistasis.png"),

@@ -44,13 +44,21 @@ rule gather_scores:
         "lyra gather --out {output:q} {input:q} > {log:q} 2>&1"
 
 
+# The picks' genes only for a campaign that gives the wild type's gene (data.wild_type_dna).
+RANK_DNA = [res("ranking_dna.fasta")] if config["data"].get("wild_type_dna") else []
+
+
 rule rank:
     input:
         cfg=stage_cfg("rank"),
         scores=res("library/scores.parquet"),
+        dataset=res("data/dataset.parquet"),  # the measured value of picks measured already
+        files=STAGE_INPUTS["rank"],  # the wild type's gene
     output:
         csv=res("ranking.csv"),
         fasta=res("ranking.fasta"),
+        plate=res("plate.csv"),
+        dna=RANK_DNA,
     log:
         res("logs/rank.log"),
     benchmark:
@@ -62,5 +70,7 @@ rule rank:
     conda:
         "../envs/lyra.yaml"
     shell:
-        "lyra rank --config {input.cfg:q} --scores {input.scores:q}"
-        " --csv {output.csv:q} --fasta {output.fasta:q} > {log:q} 2>&1"
+        "lyra rank --config {input.cfg:q} --scores {input.scores:q} --dataset {input.dataset:q}"
+        " --csv {output.csv:q} --fasta {output.fasta:q} --plate {output.plate:q}"
+        + (" --dna {output.dna:q}" if RANK_DNA else "")
+        + " > {log:q} 2>&1"

@@ -27,7 +27,7 @@ AMINO = "ACDEFGHIKLMNPQRSTVWY"
 # Small and fast: every stage runs, each for seconds.
 TINY = {
     "model": {"d_model": 8, "d_state": 4},
-    "train": {"seeds": 2, "max_epochs": 3, "patience": 2, "batch_size": 64},
+    "train": {"seeds": 1, "max_epochs": 3, "patience": 2, "batch_size": 64},
 }
 
 
@@ -101,7 +101,7 @@ def synthetic_campaign(tmp: Path, seed: int = 7) -> Path:
         "prior": {"msa": "family.a2m", "sign": "positive"},
         "rounds": {"dir": "rounds"},
         "rank": {"top_n": 8},
-        "tune": {"n_trials": 2, "n_workers": 1, "max_epochs": 2, "patience": 1},
+        "tune": {"n_trials": 1, "n_workers": 1, "max_epochs": 2, "patience": 1},
         **TINY,
     }
     return write_config(tmp / "my_enzyme.yaml", config)

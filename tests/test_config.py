@@ -92,7 +92,7 @@ def test_package_path_resolves_to_shipped_demo_data():
 def test_stage_config_holds_only_its_sections():
     cfg = resolve_config(MINIMAL)
     rank = stage_config(cfg, "rank")
-    assert set(rank) == {"campaign", "seed", "library", "rank", "_base_dir", "_stage"}
+    assert set(rank) == {"campaign", "seed", "data", "library", "rank", "_base_dir", "_stage"}  # data.wild_type_dna
     train = stage_config(cfg, "train")
     assert "rank" not in train and "model" in train
     # A stage config written to disk loads back on its own (no 'data' section needed for training).

@@ -4,6 +4,7 @@ stage reads reruns that stage when it changes, in both tools alike; errors reach
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -88,8 +89,11 @@ def test_a_campaign_written_from_scratch_runs_through_snakemake_with_nothing_of_
     assert len(ranking) == 8
     candidates = set(pd.read_csv(tmp_path / "candidates.csv")["mutations"])
     assert set(ranking["mutations"]) <= candidates  # the user's library, not the demo's
-    # a 3-epoch model of width 8 has learned nothing: the console says so, not only the log
-    assert "warning: activity: the model is no better than predicting the mean" in proc.stderr
+    # the jobs' warnings reach the console, not only their logs: the search's (d_state 4 is outside
+    # the default search space) and any the evaluation raised about an ensemble that has not learned
+    assert "warning: tune.search_space.d_state: the config's value 4 is outside the search space" in proc.stderr
+    for warning in json.loads((out / "models" / "metrics.json").read_text())["warnings"]:
+        assert f"warning: {warning}" in proc.stderr
 
     dry = snakemake(tmp_path, config, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr

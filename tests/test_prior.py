@@ -274,6 +274,7 @@ def test_campaign_with_a_prior_runs_every_stage(tmp_path, monkeypatch):
     cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
     cfg["campaign"] = "with_prior"
     cfg["data"]["wild_type"] = str(root / "resources" / "cr6261_wt.fasta")
+    cfg["data"]["wild_type_dna"] = str(root / "resources" / "cr6261_wt_dna.fasta")
     cfg["model"].update(d_model=8, d_state=4)
     cfg["train"].update(seeds=1, max_epochs=2, patience=2, batch_size=128)
     cfg["tune"]["enabled"] = False

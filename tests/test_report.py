@@ -99,6 +99,10 @@ def _library(root: Path, models: list[Path]) -> None:
     picks["reason"] = "ucb"
     picks[["rank", "variant_id", "mutations", "sequence", "n_mutations", "mean", "std", "acquisition", "reason"]] \
         .to_csv(root / "ranking.csv", index=False)
+    from lyra.plate import PlateConfig, plate_map, write_plate
+
+    plate = PlateConfig(controls=[{"variant": "WT", "wells": 2}])
+    write_plate(plate_map(picks, plate, plate.resolve_controls(WT)), root / "plate.csv")
 
 
 def build_campaign(root: Path) -> Path:

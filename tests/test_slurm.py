@@ -116,3 +116,37 @@ def test_campaign_on_a_real_slurm_cluster_equals_the_local_run(tmp_path):
     # The cluster is down: no slurmctld answers any more.
     down = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
     assert "UP" not in down.stdout
+
+
+@pytest.mark.slurm
+def test_a_failed_jobs_reason_reaches_the_console_through_slurm(tmp_path):
+    """A bad row only the preprocess job sees, on a SLURM node: snakemake's console shows its one line."""
+    import fcntl
+
+    from own_campaigns import synthetic_campaign, write_config
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test cluster's daemons run as root")
+    if not CLUSTER_SCRIPT.is_file():
+        pytest.skip(f"{CLUSTER_SCRIPT} is missing")
+    config = synthetic_campaign(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["library"] = {"positions": "1-40"}  # large enough that no job-free look at the rows happens first
+    write_config(config, cfg)
+    with open(tmp_path / "rounds" / "1" / "measurements.csv", "a") as f:
+        f.write("B7Q,1.0\n")
+    # the cluster is machine-wide: wait for .ci/slurm-e2e.sh (its lock) rather than tear down its cluster
+    with open("/tmp/lyra-slurm-e2e.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["bash", str(CLUSTER_SCRIPT), "up"], check=True, capture_output=True, timeout=300)
+        try:
+            proc = subprocess.run(
+                [str(BIN / "snakemake"), "results/my_enzyme/data/dataset.parquet", "--snakefile", str(ROOT / "Snakefile"),
+                 "--profile", str(ROOT / "profiles" / "ci-slurm"), "--configfile", str(config)],
+                cwd=tmp_path, capture_output=True, text=True, env=env_with_venv(), timeout=600)
+        finally:
+            subprocess.run(["bash", str(CLUSTER_SCRIPT), "down"], capture_output=True, timeout=120)
+    assert proc.returncode != 0
+    assert "SLURM run ID" in proc.stdout + proc.stderr  # it did go through SLURM
+    lines = [line for line in proc.stderr.splitlines() if "logs/preprocess.log: error:" in line]
+    assert len(lines) == 1 and "rounds/1/measurements.csv, row 22" in lines[0], proc.stderr[-3000:]

@@ -21,6 +21,7 @@ def tiny_config(tmp: Path, campaign: str = "tiny") -> Path:
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["campaign"] = campaign
     cfg["data"]["wild_type"] = str(ROOT / "resources" / "cr6261_wt.fasta")
+    cfg["data"]["wild_type_dna"] = str(ROOT / "resources" / "cr6261_wt_dna.fasta")
     cfg["model"].update(d_model=16, d_state=8)
     cfg["train"].update(seeds=2, max_epochs=3, patience=2, batch_size=128)
     cfg["tune"].update(n_trials=2, n_workers=2, max_epochs=2, search_space={"d_model": 16, "d_state": 8, "n_pgc": {"type": "int", "low": 1, "high": 2}, "n_s4d": 1})
@@ -55,6 +56,9 @@ def test_demo_campaign_end_to_end(tmp_path):
     assert len(ranking) == 12 and list(ranking["rank"]) == list(range(1, 13))
     assert ranking["reason"].str.len().min() > 0
     assert (out / "ranking.fasta").read_text().count(">") == 12
+    assert (out / "ranking_dna.fasta").read_text().count(">") == 12 and "measured_fitness" in ranking
+    plate = pd.read_csv(out / "plate.csv")
+    assert plate.loc[plate["content"] == "control", "well"].tolist() == ["G12", "H12"]  # the demo's WT controls
     for rel in ["logs/preprocess.log", "logs/train/seed0.log", "logs/rank.log"]:
         assert (out / rel).is_file(), rel
 
@@ -77,7 +81,8 @@ def test_demo_campaign_end_to_end(tmp_path):
     proc = subprocess.run([str(BIN / "lyra"), "run", "--config", str(config), "--results", str(other)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert (other / "tiny" / "ranking.csv").read_bytes() == (out / "ranking.csv").read_bytes()
+    for name in ("ranking.csv", "plate.csv", "ranking_dna.fasta"):
+        assert (other / "tiny" / name).read_bytes() == (out / name).read_bytes(), name
 
     # Round 2: the (simulated) lab measures the 12 picks; the next run trains on them, offers others.
     proc = subprocess.run([str(BIN / "lyra"), "simulate-round", "--config", str(config)], cwd=tmp_path,
