@@ -107,6 +107,11 @@ def test_a_campaign_written_from_scratch_runs_through_snakemake_with_nothing_of_
         assert "Nothing to be done" in _console(snakemake(tmp_path, config, "-n")), what
 
 
+# Each reruns every stage through the same path as the wild-type FASTA (a preprocess input): checked
+# by the dry runs above, left out here to keep the retraining in this test short.
+LYRA_RUN_SKIPS = {"a split's index file", "a round's measurements", "the measurements"}
+
+
 @pytest.mark.slow
 def test_lyra_run_reruns_exactly_what_snakemake_would(tmp_path):
     config = synthetic_campaign(tmp_path)
@@ -115,6 +120,8 @@ def test_lyra_run_reruns_exactly_what_snakemake_would(tmp_path):
     assert ran_stages(lyra(tmp_path, "run", "--config", config.name).stderr) == set()
     out = tmp_path / "results" / "my_enzyme"
     for what, rel, change, expected in CHANGES:
+        if what in LYRA_RUN_SKIPS:
+            continue
         models = {p: p.stat().st_mtime_ns for p in (out / "models").glob("seed*.pt")}
         _change(tmp_path, rel, change)
         run = lyra(tmp_path, "run", "--config", config.name)
