@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from lyra.config import campaign_dir, resolve_path, stage_config
 from lyra.errors import ConfigError, DataError, LyraError
+from lyra.variants import wild_type_is_path
 
 log = logging.getLogger("lyra.pipeline")
 
@@ -71,7 +72,7 @@ def data_config(config: Mapping[str, Any]) -> dict:
     base = config.get("_base_dir", ".")
     data["path"] = resolve_path(data["path"], base)
     wt = data.get("wild_type")
-    if wt and _looks_like_path(wt):
+    if wt and wild_type_is_path(wt):
         data["wild_type"] = resolve_path(wt, base)
     return data
 
@@ -81,12 +82,6 @@ def wild_type_dna(config: Mapping[str, Any]) -> str | None:
     None when the campaign orders no DNA."""
     path = (config.get("data") or {}).get("wild_type_dna")
     return resolve_path(path, config.get("_base_dir", ".")) if path else None
-
-
-def _looks_like_path(value: str) -> bool:
-    from lyra.variants import wild_type_is_path
-
-    return wild_type_is_path(value)  # one rule for "file or sequence", shared with read_wild_type
 
 
 def round_files(config: Mapping[str, Any]) -> list[str]:
@@ -212,12 +207,12 @@ def _check_library_not_measured(config: Mapping[str, Any], lib, wild_type: str |
     if not lib.exclude_measured:
         return
     top_n, allow_fewer = config["rank"]["top_n"], config["rank"].get("allow_fewer", False)
-    files = [data_config(config)["path"], *round_files(config)]
+    data = data_config(config)
+    files = [data["path"], *round_files(config)]
     if n_library - sum(_max_rows(f) for f in files) - 1 >= top_n:  # -1: the wild type is never offered
         return
     with tempfile.TemporaryDirectory(prefix="lyra-check-") as tmp:
         measured = measured_sequences(preprocess(config, tmp))
-    data = data_config(config)
     left = sum(len(c) for c in iter_library(lib, wild_type, data.get("first_position", 1),
                                             data.get("alphabet", "protein"), exclude=measured,
                                             padding=data.get("padding")))
@@ -419,12 +414,12 @@ def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: 
     ranking.csv gains the measured value of each pick measured already. Nothing is written on an error."""
     from lyra.dna import DnaConfig, check_gene, ranking_genes, read_gene, write_genes
     from lyra.plate import PlateConfig, plate_map, write_plate
-    from lyra.rank import RankConfig, _file_meta, add_measured, rank_variants, write_ranking
+    from lyra.rank import RankConfig, add_measured, rank_variants, scores_meta, write_ranking
 
     plate = Path(plate) if plate is not None else Path(csv).with_name("plate.csv")
     gene_file = wild_type_dna(config)
     dna = (Path(dna) if dna is not None else Path(csv).with_name("ranking_dna.fasta")) if gene_file else None
-    _, meta, _ = _file_meta(Path(scores))  # the wild type the library was built from
+    meta = scores_meta(scores)  # the wild type the library was built from
     wt, first = meta.get("wild_type"), meta.get("first_position", 1)
     plate_cfg = PlateConfig.from_rank(config["rank"])
     controls = plate_cfg.resolve_controls(wt, first, config.get("data", {}).get("mutation_separators", ":,;"))
@@ -507,7 +502,7 @@ def run_campaign(config: Mapping[str, Any], results: str | Path = "results", con
     root = Path(results) / config["campaign"] if results else campaign_dir(config)
     fresh = not root.exists()
     try:
-        return _run_campaign(config, results, config_files)
+        return _run_campaign(config, root, config_files)
     except LyraError:
         if fresh:
             import shutil
@@ -516,14 +511,13 @@ def run_campaign(config: Mapping[str, Any], results: str | Path = "results", con
         raise
 
 
-def _run_campaign(config: Mapping[str, Any], results: str | Path = "results", config_files: tuple[str, ...] = ()) -> Path:
+def _run_campaign(config: Mapping[str, Any], root: Path, config_files: tuple[str, ...]) -> Path:
     """All stages in one process (no Snakemake), with the workflow's files and its notion of "stale":
     each stage config is rewritten only when its settings change (the rules' params trigger), and a
     job runs when an output is missing or older than one of its inputs, the same inputs the rules
     declare (stage_inputs). So after any change this reruns exactly the jobs Snakemake would."""
     from lyra.config import STAGE_SECTIONS, write_stage_config
 
-    root = Path(results) / config["campaign"] if results else campaign_dir(config)
     check_campaign(config)
     ext = stage_inputs(config)
     cfg = {stage: root / "config" / f"{stage}.yaml" for stage in STAGE_SECTIONS}

@@ -205,6 +205,11 @@ def _file_meta(path: Path) -> tuple[pq.ParquetFile, dict, dict | None]:
     return pf, json.loads(kv[META_KEY]), counts
 
 
+def scores_meta(path: str | Path) -> dict:
+    """The metadata of a scores file: the library, wild type and numbering its variants came from."""
+    return _file_meta(Path(path))[1]
+
+
 _SAME_LIBRARY_KEYS = ("library", "wild_type", "first_position", "alphabet", "checkpoints", "space", "n_shards")
 
 

@@ -89,12 +89,16 @@ def test_ci_profile_puts_gpu_rules_on_the_gpu_partition():
 
 
 @pytest.mark.slow
-@pytest.mark.slurm
-def test_campaign_on_a_real_slurm_cluster_equals_the_local_run(tmp_path):
+def skip_without_a_test_cluster() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: the test cluster's daemons run as root")
     if not CLUSTER_SCRIPT.is_file():
         pytest.skip(f"{CLUSTER_SCRIPT} is missing")
+
+
+@pytest.mark.slurm
+def test_campaign_on_a_real_slurm_cluster_equals_the_local_run(tmp_path):
+    skip_without_a_test_cluster()
     env = {**env_with_venv(), "SLURM_E2E_OUT": str(tmp_path), "SLURM_E2E_TIMEOUT": "1500"}
     proc = subprocess.run(["bash", str(ROOT / ".ci" / "slurm-e2e.sh")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=1800)
@@ -125,10 +129,7 @@ def test_a_failed_jobs_reason_reaches_the_console_through_slurm(tmp_path):
 
     from own_campaigns import synthetic_campaign, write_config
 
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the test cluster's daemons run as root")
-    if not CLUSTER_SCRIPT.is_file():
-        pytest.skip(f"{CLUSTER_SCRIPT} is missing")
+    skip_without_a_test_cluster()
     config = synthetic_campaign(tmp_path)
     cfg = yaml.safe_load(config.read_text())
     cfg["library"] = {"positions": "1-40"}  # large enough that no job-free look at the rows happens first
