@@ -21,11 +21,11 @@ term (`lyra/prior.py`), fit on the GB1 alignment shipped with the landscape
 (`gb1_wu2016/GB1_Alignment.a2m`: 385 of its 391 sequences have only the 20 amino acids); GB1 splits only.
 `--prior-sign learn|positive|negative` is the config's `prior.sign` (GB1 fitness is binding: positive).
 
-`--tune N` first runs the product's Optuna search (`lyra.tune`, N trials in `--tune-workers` processes
+`--tune N` first runs the product's Optuna search (`lyra.tune.study`, N trials in `--tune-workers` processes
 sharing one journal) on the train and validation rows only, trial 0 being the split's setting, then
 trains the ensemble with the best trial's parameters.
 
-Each member of the ensemble is trained with `lyra.train.train_model` (selection and early stopping on
+Each member of the ensemble is trained with `lyra.learn.train.train_model` (selection and early stopping on
 the validation rows only); the ensemble prediction is the mean over seeds. Ridge (alpha 1, one-hot) is
 fit on train + validation rows, which is how the reference values in the issue were measured.
 """
@@ -50,10 +50,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ridge import ridge_fit_predict  # noqa: E402
-from lyra.metrics import spearman  # noqa: E402
-from lyra.model import LyraConfig  # noqa: E402
-from lyra.prior import PRIOR_SIGNS  # noqa: E402
-from lyra.train import TrainConfig, evaluate_ensemble, replay_selection, train_model  # noqa: E402
+from lyra.learn.metrics import spearman  # noqa: E402
+from lyra.model.lyra import LyraConfig  # noqa: E402
+from lyra.design.prior import PRIOR_SIGNS  # noqa: E402
+from lyra.learn.train import TrainConfig, evaluate_ensemble, replay_selection, train_model  # noqa: E402
 
 log = logging.getLogger("lyra.benchmarks.accuracy")
 DATA = Path(os.environ.get("LYRA_BENCH_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -72,7 +72,7 @@ class Setting:
     prior: str = "none"  # evolutionary prior term from the GB1 alignment: none | independent | potts
     prior_sign: str = "learn"  # its weight: learn | positive | negative (prior.sign)
     seeds: int = 5  # ensemble members: the product's train.seeds default, unless validation chose fewer
-    tune_space: dict = field(default_factory=dict)  # --tune: merged over lyra.tune's default search space
+    tune_space: dict = field(default_factory=dict)  # --tune: merged over lyra.tune.study's default search space
 
 
 # Chosen on validation Spearman (docs/benchmarks.md lists every setting tried, with valid and test).
@@ -188,8 +188,8 @@ GB1_ALIGNMENT = DATA / "gb1_wu2016" / "GB1_Alignment.a2m"
 
 
 def gb1_prior_table(model: str) -> np.ndarray:
-    from lyra.alphabet import get_alphabet
-    from lyra.prior import prior_table
+    from lyra.data.alphabet import get_alphabet
+    from lyra.design.prior import prior_table
 
     return prior_table({"msa": str(GB1_ALIGNMENT), "model": model}, GB1_WT, get_alphabet("protein").letters)
 
@@ -216,7 +216,7 @@ def _same_run(path: Path, model_cfg: dict, cfg: TrainConfig, prior: np.ndarray |
 def _tune_worker(dataset: Path, journal: Path, tune_cfg: dict, model_cfg: dict, train_cfg: dict, index: int,
                  table: np.ndarray | None) -> int:
     """One tuning worker in its own process (one thread): `lyra tune-worker`'s loop."""
-    from lyra.tune import run_worker
+    from lyra.tune.study import run_worker
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker{index} %(name)s %(message)s",
@@ -227,7 +227,7 @@ def _tune_worker(dataset: Path, journal: Path, tune_cfg: dict, model_cfg: dict, 
 
 def tune_split(name: str, frame: pd.DataFrame, model_cfg: dict, cfg: TrainConfig, table: np.ndarray | None,
                n_trials: int, n_workers: int, tune_dir: Path) -> dict:
-    """The product's Optuna search (lyra.tune) on the split's train and validation rows; its best.json.
+    """The product's Optuna search (lyra.tune.study) on the split's train and validation rows; its best.json.
 
     Trial 0 is the split's setting; every trial trains with the setting's epochs and patience and is
     judged on validation Spearman. The dataset file holds no test row, so the search cannot see one.
@@ -240,7 +240,7 @@ def tune_split(name: str, frame: pd.DataFrame, model_cfg: dict, cfg: TrainConfig
     import pyarrow.parquet as pq
 
     from lyra.io import atomic_path
-    from lyra.tune import TuneConfig, collect_best
+    from lyra.tune.study import TuneConfig, collect_best
 
     tune_cfg = TuneConfig.from_dict({
         "n_trials": n_trials, "n_workers": n_workers, "max_epochs": cfg.max_epochs, "patience": cfg.patience,
@@ -321,8 +321,8 @@ def run_split(name: str, seeds: int | None, out_dir: Path, epochs: int | None, m
     ridge_seconds = time.perf_counter() - started
     zero_shot = None
     if name in GB1_SPLITS:  # the alignment alone, no measurement: the independent model's dE
-        from lyra.alphabet import get_alphabet
-        from lyra.prior import fit_prior
+        from lyra.data.alphabet import get_alphabet
+        from lyra.design.prior import fit_prior
 
         prior_model = fit_prior(GB1_ALIGNMENT, GB1_WT, get_alphabet("protein").letters)
         zero_shot = spearman(held_out["target"].to_numpy(), prior_model.score_sequences(held_out["sequence"].tolist()))
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prior-sign", choices=list(PRIOR_SIGNS), default=None,
                    help="sign of the prior's weight (prior.sign; default: per split, see SETTINGS)")
     p.add_argument("--tune", type=int, default=0, metavar="N",
-                   help="first run the product's Optuna search (N trials, lyra.tune) on the train and validation "
+                   help="first run the product's Optuna search (N trials, lyra.tune.study) on the train and validation "
                         "rows and train the ensemble with its best parameters (under OUT/SPLIT/tunedN)")
     p.add_argument("--tune-workers", type=int, default=2, help="parallel tuning processes (one thread each)")
     args = p.parse_args(argv)

@@ -3,16 +3,16 @@
 For each seed: draw N measured variants at random (the "first plate" the lab measured), train on them,
 score every other measured variant, pick 96 (one plate) and look up their true fitness. Reported per
 method, averaged over seeds: the highest and the mean true fitness among the 96 picks, and NDCG@100 of
-the method's ranking of all candidates (relevance = true fitness, `lyra.metrics.ndcg_at_k`).
+the method's ranking of all candidates (relevance = true fitness, `lyra.learn.metrics.ndcg_at_k`).
 
 Methods:
 - ridge: one-hot ridge regression (alpha 1) on the fitness, top 96 by prediction (`benchmarks/ridge.py`).
 - prior: no training at all: top 96 by the evolutionary prior's dE (`lyra/prior.py`, independent model
   fit on `GB1_Alignment.a2m`), what `lyra zero-shot` picks.
-- lyra:  an ensemble of Lyra models trained with `lyra.train.train_model` (each member on its own random
-  train/valid split of the N variants), the candidates scored with `lyra.rank.score_shard` over the GB1
+- lyra:  an ensemble of Lyra models trained with `lyra.learn.train.train_model` (each member on its own random
+  train/valid split of the N variants), the candidates scored with `lyra.design.rank.score_shard` over the GB1
   combinatorial library with the training and never-measured variants excluded, and picked with
-  `lyra.rank.rank_variants` (UCB + diversity): the same code path as `lyra score` / `lyra rank`.
+  `lyra.design.rank.rank_variants` (UCB + diversity): the same code path as `lyra score` / `lyra rank`.
   `--prior independent|potts` adds the evolutionary prior term fit on `GB1_Alignment.a2m` (lyra/prior.py).
 
     python benchmarks/campaign.py --seeds 10 --n-train 384 --out campaign.json
@@ -34,8 +34,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ridge import ridge_fit_predict  # noqa: E402
-from lyra.library import LibraryConfig  # noqa: E402
-from lyra.metrics import ndcg_at_k  # noqa: E402
+from lyra.design.library import LibraryConfig  # noqa: E402
+from lyra.learn.metrics import ndcg_at_k  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gb1_wu2016"
 SITES = [39, 40, 41, 54]  # 1-based on the 56-aa domain
@@ -77,7 +77,7 @@ def ridge_campaign(gb1: pd.DataFrame, train: np.ndarray, top_n: int = 96, alpha:
 
 
 def prior_campaign(gb1: pd.DataFrame, wt: str, train: np.ndarray, top_n: int = 96) -> dict:
-    from lyra.prior import fit_prior
+    from lyra.design.prior import fit_prior
 
     test = np.setdiff1d(np.arange(len(gb1)), train)
     prior = fit_prior(DATA / "GB1_Alignment.a2m", wt, AA)
@@ -99,8 +99,8 @@ def transform_target(y: np.ndarray, kind: str) -> np.ndarray:
 
 
 def lyra_campaign(gb1: pd.DataFrame, wt: str, train: np.ndarray, args, workdir: Path, seed: int) -> dict:
-    from lyra.rank import RankConfig, rank_variants, score_shard
-    from lyra.train import TrainConfig, train_model
+    from lyra.design.rank import RankConfig, rank_variants, score_shard
+    from lyra.learn.train import TrainConfig, train_model
 
     train_frame = gb1.iloc[train]
     y = transform_target(train_frame["fitness"].to_numpy(), args.target)
@@ -113,7 +113,7 @@ def lyra_campaign(gb1: pd.DataFrame, wt: str, train: np.ndarray, args, workdir: 
     t0 = time.perf_counter()
     table = None
     if args.prior != "none":
-        from lyra.prior import prior_table
+        from lyra.design.prior import prior_table
 
         table = prior_table({"msa": str(DATA / "GB1_Alignment.a2m"), "model": args.prior}, wt, AA)
     for m in range(args.members):

@@ -35,7 +35,7 @@ GB1_WT = "MQYKLILNGKTLKGETTTEAVDAATAEKVFKQYANDNGVDGEWTYDDATKTFTVTE"
 
 def wild_type() -> str:
     if WT_FASTA.is_file():
-        from lyra.variants import read_wild_type
+        from lyra.data.variants import read_wild_type
 
         return read_wild_type(str(WT_FASTA))
     return GB1_WT  # the same 56 residues, for machines without the shared data
@@ -45,7 +45,7 @@ def make_checkpoint(path: Path, d_model: int = 64, d_state: int = 64, seed: int 
     """A randomly initialised Lyra in the checkpoint format of docs/architecture.md."""
     import torch
 
-    from lyra.model import Lyra, LyraConfig
+    from lyra.model.lyra import Lyra, LyraConfig
 
     torch.manual_seed(seed)
     cfg = LyraConfig(d_model=d_model, d_state=d_state)
@@ -81,8 +81,8 @@ def step(kind: str, spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from lyra.library import LibraryConfig
-    from lyra.rank import RankConfig, gather_scores, rank_variants, score_shard, write_ranking
+    from lyra.design.library import LibraryConfig
+    from lyra.design.rank import RankConfig, gather_scores, rank_variants, score_shard, write_ranking
 
     t0, c0 = time.perf_counter(), time.process_time()
     out: dict = {}
@@ -126,8 +126,8 @@ def gb1_160k(tmp: Path, threads: int, batch_size: int) -> list[dict]:
     import torch
 
     torch.set_num_threads(threads)
-    from lyra.library import LibraryConfig, library_size
-    from lyra.rank import RankConfig, gather_scores, rank_variants, score_shard, write_ranking
+    from lyra.design.library import LibraryConfig, library_size
+    from lyra.design.rank import RankConfig, gather_scores, rank_variants, score_shard, write_ranking
 
     wt = wild_type()
     ckpt = make_checkpoint(tmp / "default.pt")
@@ -154,7 +154,7 @@ def gb1_160k(tmp: Path, threads: int, batch_size: int) -> list[dict]:
 
 
 def ten_million(tmp: Path, threads: int, batch_size: int, stream_d_model: int, default_fraction: int) -> list[dict]:
-    from lyra.library import LibraryConfig, library_size
+    from lyra.design.library import LibraryConfig, library_size
 
     wt = wild_type()
     lib = LibraryConfig.from_dict({"spec": "gb1_ten_million"})

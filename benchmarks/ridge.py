@@ -14,7 +14,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
-from lyra.alphabet import Alphabet, get_alphabet
+from lyra.data.alphabet import Alphabet, get_alphabet
 
 
 def one_hot_sparse(seqs: Sequence[str], alphabet: Alphabet, length: int) -> scipy.sparse.csr_matrix:

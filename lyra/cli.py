@@ -37,8 +37,8 @@ def keep_freed_memory() -> None:
 
 keep_freed_memory()
 
-from lyra import pipeline
-from lyra.config import load_config, parse_overrides
+from lyra.campaign import pipeline
+from lyra.campaign.config import load_config, parse_overrides
 from lyra.errors import LyraError, one_line
 
 log = logging.getLogger("lyra")
@@ -134,7 +134,7 @@ def _dispatch(args: argparse.Namespace, config: dict | None) -> None:
         root = pipeline.run_campaign(config, args.results, config_files=(args.config,))
         print(f"campaign finished: {root}")
     elif cmd == "check-config":
-        from lyra.config import dump
+        from lyra.campaign.config import dump
 
         pipeline.check_campaign(config)
         print(dump({k: v for k, v in config.items() if not k.startswith("_")}), end="")
@@ -159,7 +159,7 @@ def _dispatch(args: argparse.Namespace, config: dict | None) -> None:
     elif cmd == "zero-shot":
         print(pipeline.zero_shot(config, args.out, args.top))
     elif cmd == "simulate-round":
-        from lyra.rounds import simulate_round
+        from lyra.campaign.rounds import simulate_round
 
         print(simulate_round(config, args.results, args.truth, args.round))
     else:  # pragma: no cover - argparse rejects unknown commands
@@ -169,7 +169,7 @@ def _dispatch(args: argparse.Namespace, config: dict | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:  # takes the per-stage configs of a finished campaign: its own parser
-        from lyra import report
+        from lyra.report import report
 
         return report.main(argv[1:])
     args = build_parser().parse_args(argv)

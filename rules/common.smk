@@ -5,10 +5,10 @@ import shutil
 import sys
 import time
 
-from lyra.config import resolve_config, stage_config
+from lyra.campaign.config import resolve_config, stage_config
 from lyra.errors import LyraError, one_line
-from lyra.joblogs import job_errors, job_warnings
-from lyra.pipeline import check_campaign, stage_inputs
+from lyra.campaign.joblogs import job_errors, job_warnings
+from lyra.campaign.pipeline import check_campaign, stage_inputs
 
 # The user's config file(s), named in every error and hashed into the manifest.
 CONFIG_FILES = [os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f) for f in workflow.configfiles]

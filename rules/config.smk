@@ -1,8 +1,8 @@
 # Stage 0: one small config file per stage, holding only the sections that stage reads.
 # Snakemake's params rerun trigger watches them, so changing e.g. rank.top_n reruns ranking, not training.
-# `lyra run` rewrites them on the same condition (lyra.config.write_stage_config).
+# `lyra run` rewrites them on the same condition (lyra.campaign.config.write_stage_config).
 
-from lyra.config import write_stage_config
+from lyra.campaign.config import write_stage_config
 
 
 rule stage_config:

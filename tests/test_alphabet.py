@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lyra.alphabet import DNA, PROTEIN, RNA, InvalidSequenceError, encode, get_alphabet
+from lyra.data.alphabet import DNA, PROTEIN, RNA, InvalidSequenceError, encode, get_alphabet
 
 
 def test_protein_one_hot_follows_letter_order():

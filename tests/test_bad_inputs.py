@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lyra.datasets import prepare_dataset
+from lyra.data.dataset import prepare_dataset
 from lyra.errors import ConfigError, DataError
 
 HERE = Path(__file__).resolve().parent / "bad_inputs"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks import accuracy
-from lyra.train import TrainConfig
+from lyra.learn.train import TrainConfig
 
 pytestmark = pytest.mark.skipif(not accuracy.DATA.is_dir(), reason=f"{accuracy.DATA} not found")
 

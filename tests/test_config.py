@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lyra.config import load_config, load_schema, parse_overrides, resolve_config, resolve_path, stage_config
+from lyra.schema import load_schema
+from lyra.campaign.config import load_config, parse_overrides, resolve_config, resolve_path, stage_config
 from lyra.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,13 +109,13 @@ def _schema_defaults(section: str) -> dict:
 @pytest.mark.parametrize(
     "section, module, cls, skip",
     [
-        ("data", "lyra.datasets", "DataConfig", {"path", "target_column"}),
-        ("split", "lyra.datasets", "SplitConfig", set()),
-        ("model", "lyra.model", "LyraConfig", {"d_input", "d_output", "token_level", "ssm_lr", "dt_min", "dt_max"}),
-        ("train", "lyra.train", "TrainConfig", set()),
-        ("tune", "lyra.tune", "TuneConfig", {"seed", "search_space"}),
-        ("library", "lyra.library", "LibraryConfig", set()),
-        ("rank", "lyra.rank", "RankConfig", set()),
+        ("data", "lyra.data.dataset", "DataConfig", {"path", "target_column"}),
+        ("split", "lyra.data.dataset", "SplitConfig", set()),
+        ("model", "lyra.model.lyra", "LyraConfig", {"d_input", "d_output", "token_level", "ssm_lr", "dt_min", "dt_max"}),
+        ("train", "lyra.learn.train", "TrainConfig", set()),
+        ("tune", "lyra.tune.study", "TuneConfig", {"seed", "search_space"}),
+        ("library", "lyra.design.library", "LibraryConfig", set()),
+        ("rank", "lyra.design.rank", "RankConfig", set()),
     ],
 )
 def test_schema_defaults_match_the_dataclasses(section, module, cls, skip):

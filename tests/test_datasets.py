@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lyra.datasets import (
+from lyra.data.dataset import (
     DataConfig,
     Dataset,
     SplitConfig,
@@ -27,7 +27,7 @@ from lyra.datasets import (
     read_table,
 )
 from lyra.errors import ConfigError, DataError
-from lyra.variants import apply_mutations, parse_mutations
+from lyra.data.variants import apply_mutations, parse_mutations
 
 WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLI"  # 30 aa, positions 1..30
 AA = "ACDEFGHIKLMNPQRSTVWY"
@@ -433,7 +433,7 @@ def test_load_dataset_meta_is_the_datasets_meta(table, tmp_path):
 def test_demo_data_path():
     import yaml
 
-    from lyra.datasets import DEMO_DATA
+    from lyra.data.dataset import DEMO_DATA
 
     config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
     assert config["data"]["path"] == DEMO_DATA

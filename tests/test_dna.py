@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from Bio.Seq import Seq
 
-from lyra.dna import (DnaConfig, back_translate, check_gene, codon_preferences, pick_gene, restriction_enzymes,
+from lyra.design.dna import (DnaConfig, back_translate, check_gene, codon_preferences, pick_gene, restriction_enzymes,
                       site_hits)
 from lyra.errors import ConfigError, DataError
 from test_rank import WT, random_scores
@@ -135,7 +135,7 @@ def test_settings_are_checked():
 
 def dataset_with(path: Path, measured: dict[str, float]) -> Path:
     """A dataset.parquet holding the wild type and `measured` (mutations -> fitness)."""
-    from lyra.variants import apply_mutations, parse_mutations
+    from lyra.data.variants import apply_mutations, parse_mutations
 
     rows = [{"variant_id": "WT", "sequence": WT, "fitness": 0.0}]
     rows += [{"variant_id": m, "sequence": apply_mutations(WT, parse_mutations(m, WT)), "fitness": y}
@@ -147,8 +147,8 @@ def dataset_with(path: Path, measured: dict[str, float]) -> Path:
 
 
 def test_the_rank_stage_writes_the_plate_the_genes_and_measured_values(tmp_path):
-    from lyra.config import resolve_config
-    from lyra.pipeline import rank
+    from lyra.campaign.config import resolve_config
+    from lyra.campaign.pipeline import rank
 
     scores = random_scores(tmp_path, n=300, seed=0)
     (tmp_path / "wt_dna.fasta").write_text(">wt gene\n" + gene_of() + "TAA\n")
@@ -205,7 +205,7 @@ def test_the_rank_stage_writes_the_plate_the_genes_and_measured_values(tmp_path)
 
 
 def test_demo_gene_codes_for_the_demo_wild_type():
-    from lyra.variants import read_wild_type
+    from lyra.data.variants import read_wild_type
 
     root = Path(__file__).resolve().parents[1]
     wt = read_wild_type(str(root / "resources" / "cr6261_wt.fasta"))
@@ -214,9 +214,9 @@ def test_demo_gene_codes_for_the_demo_wild_type():
 
 
 def test_the_gene_is_a_declared_input_checked_before_any_job_and_in_the_manifest(tmp_path, monkeypatch):
-    from lyra.config import STAGE_SECTIONS, load_config
-    from lyra.manifest import build_manifest
-    from lyra.pipeline import check_campaign, stage_inputs
+    from lyra.campaign.config import STAGE_SECTIONS, load_config
+    from lyra.campaign.manifest import build_manifest
+    from lyra.campaign.pipeline import check_campaign, stage_inputs
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m.csv").write_text("mutant,fitness\nWT,1.0\nT3A,0.5\nY5F,1.5\n")

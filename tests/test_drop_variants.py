@@ -8,8 +8,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from lyra.config import resolve_config
-from lyra.datasets import DataConfig, prepare_dataset
+from lyra.campaign.config import resolve_config
+from lyra.data.dataset import DataConfig, prepare_dataset
 from lyra.errors import ConfigError, DataError
 
 WT = "MAQKTAYIAKQRQISFVKSH"

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from lyra.config import load_config
-from lyra.datasets import DataConfig, load_dataset, prepare_dataset, read_table
+from lyra.campaign.config import load_config
+from lyra.data.dataset import DataConfig, load_dataset, prepare_dataset, read_table
 from lyra.errors import ConfigError, DataError
-from lyra.rounds import completed_rounds
+from lyra.campaign.rounds import completed_rounds
 
 BIN = Path(sys.executable).parent
 WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLI"

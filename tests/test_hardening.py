@@ -113,10 +113,10 @@ def test_bad_config(case, command, tmp_path):
 
 def test_library_larger_than_max_size_is_rejected():
     """library_too_large.yaml: counted without enumerating, and scoring refuses it with one line."""
-    from lyra import library as lib
-    from lyra.config import resolve_config
+    from lyra.design import library as lib
+    from lyra.campaign.config import resolve_config
     from lyra.errors import ConfigError
-    from lyra.variants import read_wild_type
+    from lyra.data.variants import read_wild_type
 
     raw = yaml.safe_load((BAD_CONFIGS / "library_too_large.yaml").read_text())
     config = resolve_config(raw, base_dir=BAD_CONFIGS, source="library_too_large.yaml")
@@ -317,7 +317,7 @@ def test_data_path_with_shell_syntax_runs_nothing(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # 3. untrusted files: checkpoints never unpickle arbitrary objects
 
-PACKAGE_FILES = sorted((ROOT / "lyra").glob("*.py"))
+PACKAGE_FILES = sorted((ROOT / "lyra").rglob("*.py"))
 
 
 def _calls(tree: ast.AST, dotted: str):
@@ -402,7 +402,7 @@ def test_malicious_checkpoint_is_refused_without_running_it(tmp_path):
     import torch
 
     from lyra.errors import LyraError
-    from lyra.train import load_checkpoint
+    from lyra.learn.train import load_checkpoint
 
     evil, marker = tmp_path / "seed0.pt", tmp_path / "pwned"
     _malicious_checkpoint(evil, marker)
@@ -420,8 +420,8 @@ def test_malicious_checkpoint_is_refused_without_running_it(tmp_path):
 
 def test_malicious_checkpoint_through_the_cli(tmp_path):
     """`lyra evaluate` on a pickle-bearing checkpoint: exit 2, one line, nothing run, no metrics file."""
-    from lyra.config import resolve_config
-    from lyra.pipeline import preprocess
+    from lyra.campaign.config import resolve_config
+    from lyra.campaign.pipeline import preprocess
 
     shutil.copytree(TESTS / "bad_inputs", tmp_path / "bad_inputs")
     shutil.copytree(BAD_CONFIGS, tmp_path / "bad_configs")
@@ -443,14 +443,14 @@ def test_malicious_resume_file_is_ignored_not_run(tmp_path, caplog):
     """A planted resume file (models/.seed0.resume.pt) is not unpickled: training starts over."""
     import pandas as pd
 
-    from lyra.train import TrainConfig, load_checkpoint, train_model
+    from lyra.learn.train import TrainConfig, load_checkpoint, train_model
 
     resume, marker = tmp_path / ".seed0.resume.pt", tmp_path / "pwned"
     _malicious_checkpoint(resume, marker)
     frame = pd.DataFrame({"variant_id": ["a", "b", "c", "d"], "sequence": ["ACDE", "ACDF", "GCDE", "ACKE"],
                           "y": [0.1, 0.5, 0.9, 0.3], "split": ["train", "train", "valid", "valid"]})
     meta = {"alphabet": "protein", "targets": ["y"], "task": "regression"}
-    with caplog.at_level("WARNING", logger="lyra.train"):
+    with caplog.at_level("WARNING", logger="lyra.learn.train"):
         result = train_model(frame, meta, {"d_model": 8, "d_state": 4}, TrainConfig(max_epochs=2, batch_size=2,
                              device="cpu"), 0, tmp_path / "seed0.pt", resume_path=resume)
     assert not marker.exists()
@@ -465,7 +465,7 @@ def test_malicious_resume_file_is_ignored_not_run(tmp_path, caplog):
 LONG_SEQUENCE_SCRIPT = r"""
 import json, math, resource, sys, time
 import numpy as np, pandas as pd, torch
-from lyra.train import TrainConfig, load_checkpoint, train_model
+from lyra.learn.train import TrainConfig, load_checkpoint, train_model
 
 L, out = int(sys.argv[1]), sys.argv[2]
 rng = np.random.default_rng(0)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lyra.manifest import input_records
-from lyra.variants import read_wild_type, wild_type_is_path
+from lyra.campaign.manifest import input_records
+from lyra.data.variants import read_wild_type, wild_type_is_path
 
 BIN = Path(sys.executable).parent  # the venv's `lyra` sits next to its python
 AMINO = "ACDEFGHIKLMNPQRSTVWY"

@@ -1,4 +1,4 @@
-"""lyra.metrics.learning_warnings: a model that has not learned is flagged, one that has is not."""
+"""lyra.learn.metrics.learning_warnings: a model that has not learned is flagged, one that has is not."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from lyra import metrics as M
+from lyra.learn import metrics as M
 
 
 def split(y, pred, task="regression", target="fitness") -> dict:
-    """One split of metrics.json, as lyra.train.evaluate_ensemble builds it."""
+    """One split of metrics.json, as lyra.learn.train.evaluate_ensemble builds it."""
     scores = M.classification_metrics(y, pred) if task == "classification" else M.regression_metrics(y, pred)
     return {"n": len(y), "ensemble": scores, "baseline": {target: M.prediction_baseline(y, pred, task)}}
 
@@ -24,7 +24,7 @@ def metrics(valid, test=None, task="regression", target="fitness") -> dict:
 
 
 def through_json(m: dict) -> dict:
-    """NaN is written as null (lyra.train._finite), so the checks must read None too."""
+    """NaN is written as null (lyra.learn.train._finite), so the checks must read None too."""
     return json.loads(json.dumps(m).replace("NaN", "null"))
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lyra.alphabet import PROTEIN
+from lyra.data.alphabet import PROTEIN
 from lyra.errors import ConfigError, DataError
-from lyra.library import LibraryConfig, iter_library, library_size, parse_positions
-from lyra.variants import Mutation, apply_mutations, format_mutations
+from lyra.design.library import LibraryConfig, iter_library, library_size, parse_positions
+from lyra.data.variants import Mutation, apply_mutations, format_mutations
 
 GB1_WT = "MQYKLILNGKTLKGETTTEAVDAATAEKVFKQYANDNGVDGEWTYDDATKTFTVTE"  # 2GI9, 56 aa
 GB1_SITES = [39, 40, 41, 54]

@@ -1,4 +1,4 @@
-"""lyra.metrics against scipy / scikit-learn (a test-only dependency) and hand-computed values."""
+"""lyra.learn.metrics against scipy / scikit-learn (a test-only dependency) and hand-computed values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lyra import metrics as M
+from lyra.learn import metrics as M
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_ridge_baseline_matches_sklearn():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.ridge import ridge_fit_predict
-    from lyra.alphabet import PROTEIN
+    from lyra.data.alphabet import PROTEIN
 
     rng = np.random.default_rng(2)
     letters = np.array(list("ACDEFGHIKLX"))  # X: ambiguous, uniform over the 20 channels

@@ -9,7 +9,7 @@ import torch
 
 from lyra import Lyra, LyraConfig
 from lyra.errors import ConfigError
-from lyra.model import S4D, Linear, S4DKernel, configure_optimizer, fft_size, ssm_parameters
+from lyra.model.lyra import S4D, Linear, S4DKernel, configure_optimizer, fft_size, ssm_parameters
 
 
 @pytest.fixture(autouse=True)

@@ -268,7 +268,7 @@ def test_a_stage_error_names_the_users_config_file(tmp_path, monkeypatch):
     """The rules pass results/<c>/config/<stage>.yaml; its errors name the file the user wrote."""
     from test_rank import random_scores
 
-    from lyra.config import load_config, write_stage_config
+    from lyra.campaign.config import load_config, write_stage_config
 
     monkeypatch.chdir(tmp_path)
     config = synthetic_campaign(tmp_path)

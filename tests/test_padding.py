@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lyra.datasets import DataConfig, load_dataset, prepare_dataset
+from lyra.data.dataset import DataConfig, load_dataset, prepare_dataset
 from lyra.errors import ConfigError, DataError
-from lyra.library import LibraryConfig, iter_library, library_size
-from lyra.rank import score_shard
+from lyra.design.library import LibraryConfig, iter_library, library_size
+from lyra.design.rank import score_shard
 
 ALL_TRAIN = {"fractions": {"train": 1.0}, "valid_fraction": 0}
 PADDED = [  # width 12, padded on the right and sometimes on the left
@@ -94,7 +94,7 @@ def test_bad_padding_values(bad):
 
 
 def test_schema_accepts_the_key():
-    from lyra.config import load_schema
+    from lyra.schema import load_schema
 
     padding = load_schema()["properties"]["data"]["properties"]["padding"]
     assert padding["default"] is None and "string" in padding["type"]
@@ -103,7 +103,7 @@ def test_schema_accepts_the_key():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A randomly initialised model: scoring only has to see the right tokens."""
-    from lyra.model import Lyra, LyraConfig
+    from lyra.model.lyra import Lyra, LyraConfig
 
     path = tmp_path_factory.mktemp("model") / "seed0.pt"
     torch.manual_seed(0)
@@ -127,7 +127,7 @@ def test_padded_file_library_streams_unpadded_sequences(tmp_path):
 
 
 def test_padded_file_library_scores_without_a_wild_type(checkpoint, tmp_path):
-    from lyra.train import load_checkpoint, predict_sequences
+    from lyra.learn.train import load_checkpoint, predict_sequences
 
     table = write(tmp_path / "cdr3.csv", PADDED[:2])
     measured = load_dataset(prepare_dataset(data(table, padding="J"), ALL_TRAIN, tmp_path / "ds"))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from lyra.errors import ConfigError
-from lyra.plate import PlateConfig, plate_map, well_names
+from lyra.design.plate import PlateConfig, plate_map, well_names
 
 WT = "MKTAYIAKQRQISFVKSHFS"
 
@@ -69,7 +69,7 @@ def test_more_picks_than_wells_go_on_further_plates_each_with_its_controls():
 
 
 def test_written_plate_keeps_blank_ranks(tmp_path):
-    from lyra.plate import write_plate
+    from lyra.design.plate import write_plate
 
     cfg = PlateConfig(controls=[{"variant": "WT", "wells": 1}])
     path = write_plate(plate_map(picks(2), cfg, cfg.resolve_controls(WT)), tmp_path / "plate.csv")
@@ -96,7 +96,7 @@ def test_control_settings_are_checked():
 
 @pytest.mark.parametrize("plate, n", [(96, 100), (384, 30)])
 def test_plate_picture(tmp_path, plate, n):
-    from lyra.report import plot_plate
+    from lyra.report.report import plot_plate
 
     cfg = PlateConfig(plate=plate, controls=[{"variant": "WT", "wells": 2}])
     out = plot_plate(plate_map(picks(n), cfg, cfg.resolve_controls(WT)), tmp_path / "plate.png")

@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from lyra.alphabet import get_alphabet
+from lyra.data.alphabet import get_alphabet
 from lyra.errors import ConfigError, DataError
-from lyra.model import Lyra
-from lyra.prior import fit_prior, locate_focus, mutant_tables, prior_table, read_a2m
-from lyra.train import TrainConfig, load_checkpoint, predict_sequences, train_model
+from lyra.model.lyra import Lyra
+from lyra.design.prior import fit_prior, locate_focus, mutant_tables, prior_table, read_a2m
+from lyra.learn.train import TrainConfig, load_checkpoint, predict_sequences, train_model
 
 AA = get_alphabet("protein").letters
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -179,7 +179,7 @@ def test_training_with_a_prior_round_trips_through_the_checkpoint(tmp_path):
     raw = table[np.arange(len(WT)), tokens].sum(1)
     assert float(model.prior_mu) == pytest.approx(raw.mean(), rel=1e-5)
     assert float(model.prior_beta.detach()) > 0.05  # the data agree with the family: the prior is used, with the right sign
-    from lyra.train import evaluate_ensemble
+    from lyra.learn.train import evaluate_ensemble
 
     metrics = evaluate_ensemble([out.checkpoint_path], frame, meta)
     assert metrics["per_seed"][0]["prior_beta"] == [pytest.approx(float(model.prior_beta.detach()))]
@@ -195,7 +195,7 @@ def test_training_with_a_prior_round_trips_through_the_checkpoint(tmp_path):
 def test_prior_sign_stops_contrary_training_variants_from_inverting_the_prior(tmp_path):
     """Training variants that contradict the family (fitness = minus the first test's) invert a free
     beta; prior.sign: positive keeps it >= 0, and metrics.json reports the weight actually used."""
-    from lyra.train import evaluate_ensemble
+    from lyra.learn.train import evaluate_ensemble
 
     torch.set_num_threads(1)
     table = prior_table({"msa": str(write_a2m(tmp_path / "f.a2m", WT, homologs()))}, WT, AA)
@@ -214,8 +214,8 @@ def test_prior_sign_stops_contrary_training_variants_from_inverting_the_prior(tm
 
 
 def test_campaign_config_checks_the_alignment(tmp_path):
-    from lyra.config import resolve_config
-    from lyra.pipeline import check_campaign
+    from lyra.campaign.config import resolve_config
+    from lyra.campaign.pipeline import check_campaign
 
     root = Path(__file__).resolve().parents[1]
     raw = yaml.safe_load((root / "config" / "config.yaml").read_text())
@@ -231,7 +231,7 @@ def test_campaign_config_checks_the_alignment(tmp_path):
     with pytest.raises(ConfigError, match="prior.model"):
         resolve_config({**raw, "prior": {"msa": "x", "model": "esm"}}, base_dir=root)
     # prior.sign reaches the model config of tuning and training, and only with an alignment
-    from lyra.pipeline import model_params
+    from lyra.campaign.pipeline import model_params
 
     assert config["prior"]["sign"] == "learn" and model_params(config, {"d_model": 8})["prior_sign"] == 0
     signed = resolve_config({**raw, "prior": {"msa": "x.a2m", "sign": "negative"}}, base_dir=root)
@@ -262,9 +262,9 @@ def test_campaign_with_a_prior_runs_every_stage(tmp_path, monkeypatch):
     """`lyra run` on the demo data with prior.msa set: the models carry the prior, the library is ranked."""
     import json
 
-    from lyra.config import load_config
-    from lyra.pipeline import run_campaign
-    from lyra.variants import read_wild_type
+    from lyra.campaign.config import load_config
+    from lyra.campaign.pipeline import run_campaign
+    from lyra.data.variants import read_wild_type
 
     root = Path(__file__).resolve().parents[1]
     wt = read_wild_type(str(root / "resources" / "cr6261_wt.fasta"))
@@ -296,7 +296,7 @@ def test_campaign_with_a_prior_runs_every_stage(tmp_path, monkeypatch):
 
 
 def test_potts_model_too_large_for_memory_is_refused(monkeypatch):
-    from lyra import prior as P
+    from lyra.design import prior as P
 
     monkeypatch.setattr(P, "MAX_POTTS_BYTES", 1000)
     with pytest.raises(ConfigError, match="prior.model: independent"):
@@ -309,7 +309,7 @@ def test_workflow_makes_the_alignment_an_input_of_tuning_and_training(tmp_path):
 
     config = tiny_config(tmp_path)
     cfg = yaml.safe_load(config.read_text())
-    from lyra.variants import read_wild_type
+    from lyra.data.variants import read_wild_type
 
     wt = read_wild_type(cfg["data"]["wild_type"])
     cfg["prior"] = {"msa": str(write_a2m(tmp_path / "family.a2m", wt, [wt]))}
@@ -327,7 +327,7 @@ def test_zero_shot_ranks_the_library_by_the_alignment_alone(tmp_path, monkeypatc
     import pandas as pd
 
     from lyra.cli import main
-    from lyra.prior import fit_prior
+    from lyra.design.prior import fit_prior
 
     write_a2m(tmp_path / "family.a2m", WT, homologs())
     (tmp_path / "m.csv").write_text("mutant,fitness\nWT,1.0\nK2A,0.5\n")

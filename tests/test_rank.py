@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lyra.errors import ConfigError, DataError
-from lyra.library import LibraryConfig, library_size
-from lyra.rank import RankConfig, _score_schema, gather_scores, rank_variants, score_shard, write_ranking
+from lyra.design.library import LibraryConfig, library_size
+from lyra.design.rank import RankConfig, _score_schema, gather_scores, rank_variants, score_shard, write_ranking
 
 WT = "MKTAYIAKQRQISFVKSHFS"  # 20 aa
 SITES = {3: "TAGW", 5: "YFLH", 8: "KRE", 12: "IVL"}  # 4 * 4 * 3 * 3 = 144 combinations
@@ -23,8 +23,8 @@ SITES = {3: "TAGW", 5: "YFLH", 8: "KRE", 12: "IVL"}  # 4 * 4 * 3 * 3 = 144 combi
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> list[Path]:
     """A 2-member ensemble: one trained for an epoch with train_model, one built by hand."""
-    from lyra.model import Lyra, LyraConfig
-    from lyra.train import TrainConfig, train_model
+    from lyra.model.lyra import Lyra, LyraConfig
+    from lyra.learn.train import TrainConfig, train_model
 
     d = tmp_path_factory.mktemp("models")
     rng = np.random.default_rng(0)
@@ -54,7 +54,7 @@ def score_all(checkpoints, out_dir: Path, n_shards=3, exclude=None, **kw) -> lis
 
 
 def test_score_shard_schema_and_ensemble_statistics(checkpoints, tmp_path):
-    from lyra.train import load_checkpoint, predict_sequences
+    from lyra.learn.train import load_checkpoint, predict_sequences
 
     path = score_shard(checkpoints, library(), WT, 1, "protein", 0, 1, tmp_path / "s.parquet",
                        write_sequences=True, exclude=["T3A:Y5F"], progress=False)
@@ -254,6 +254,6 @@ def test_a_short_ranking_is_an_error_naming_the_keys_unless_allowed(tmp_path, ca
         rank_variants(path, RankConfig(top_n=30, diversity=strict))
     with pytest.raises(ConfigError, match="the library has only 400 scored variants"):
         rank_variants(path, RankConfig(top_n=500))
-    with caplog.at_level("WARNING", logger="lyra.rank"):
+    with caplog.at_level("WARNING", logger="lyra.design.rank"):
         picked = rank_variants(path, RankConfig(top_n=500, allow_fewer=True))
     assert len(picked) == 400 and "fewer than rank.top_n = 500" in caplog.text

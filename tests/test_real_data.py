@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lyra.datasets import demo_data_path, load_dataset, prepare_dataset, read_table
-from lyra.variants import apply_mutations, parse_mutations, read_wild_type
+from lyra.data.dataset import demo_data_path, load_dataset, prepare_dataset, read_table
+from lyra.data.variants import apply_mutations, parse_mutations, read_wild_type
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not found")

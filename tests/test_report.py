@@ -19,9 +19,9 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from lyra import report as R  # noqa: E402
-from lyra.train import TrainConfig, load_checkpoint, predict_sequences, train_model  # noqa: E402
-from lyra.variants import Mutation, apply_mutations, format_mutations  # noqa: E402
+from lyra.report import report as R  # noqa: E402
+from lyra.learn.train import TrainConfig, load_checkpoint, predict_sequences, train_model  # noqa: E402
+from lyra.data.variants import Mutation, apply_mutations, format_mutations  # noqa: E402
 
 WT = "MKTAYIAKQRQISFVKSHFS"  # 20 residues, numbered from 1
 SITES = {3: "AV", 5: "FW", 8: "RE", 11: "GP", 14: "LD"}  # position -> mutant residues
@@ -65,7 +65,7 @@ def _tuning(root: Path) -> None:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from lyra.tune import param_importances, trials_table
+    from lyra.tune.study import param_importances, trials_table
 
     journal = root / "tune" / "journal.log"
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def _library(root: Path, models: list[Path]) -> None:
     picks["reason"] = "ucb"
     picks[["rank", "variant_id", "mutations", "sequence", "n_mutations", "mean", "std", "acquisition", "reason"]] \
         .to_csv(root / "ranking.csv", index=False)
-    from lyra.plate import PlateConfig, plate_map, write_plate
+    from lyra.design.plate import PlateConfig, plate_map, write_plate
 
     plate = PlateConfig(controls=[{"variant": "WT", "wells": 2}])
     write_plate(plate_map(picks, plate, plate.resolve_controls(WT)), root / "plate.csv")
@@ -116,7 +116,7 @@ def build_campaign(root: Path) -> Path:
         path = root / "models" / f"seed{k}.pt"
         train_model(frame, meta, TINY_MODEL, cfg, seed=k, checkpoint_path=path)
         models.append(path)
-    from lyra.train import write_metrics
+    from lyra.learn.train import write_metrics
 
     write_metrics(root / "models" / "metrics.json", models, frame, meta)
     _tuning(root)
@@ -253,7 +253,7 @@ def test_missing_inputs_give_placeholder_figures(tmp_path, campaign):
 
 
 def test_importances_need_varying_params():
-    from lyra.tune import param_importances
+    from lyra.tune.study import param_importances
 
     study = optuna.create_study()
     study.optimize(lambda t: 0.5, n_trials=1)

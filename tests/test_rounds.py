@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lyra import pipeline
+from lyra.campaign import pipeline
 from lyra.cli import main
-from lyra.config import load_config
-from lyra.datasets import load_dataset
+from lyra.campaign.config import load_config
+from lyra.data.dataset import load_dataset
 from lyra.errors import ConfigError
-from lyra.library import LibraryConfig, iter_library, measured_sequences
-from lyra.rounds import completed_rounds, simulate_round
+from lyra.design.library import LibraryConfig, iter_library, measured_sequences
+from lyra.campaign.rounds import completed_rounds, simulate_round
 
 WT = "MKTAYIAKQR"
 SITES = {2: "KA", 3: "TV", 5: "YF", 7: "AG"}  # 16 combinations
@@ -98,7 +98,7 @@ def test_lyra_run_notices_new_measurements(campaign, tmp_path):
     """`lyra run` remakes the dataset when a round file appears or a measurement file is edited."""
     import os
 
-    from lyra.pipeline import _made_from_other_measurements, is_stale, stage_inputs
+    from lyra.campaign.pipeline import _made_from_other_measurements, is_stale, stage_inputs
 
     config, root = campaign
     dataset = pipeline.preprocess(config, root / "data")

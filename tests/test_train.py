@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lyra import metrics as M
+from lyra.learn import metrics as M
 from lyra.errors import ConfigError, DataError, LyraError
-from lyra.model import Lyra
-from lyra.train import (
+from lyra.model.lyra import Lyra
+from lyra.learn.train import (
     TrainConfig,
     apply_transform,
     evaluate_ensemble,
@@ -217,8 +217,8 @@ KILLED_RUN = textwrap.dedent("""
     import os, signal, sys, json
     import pandas as pd
     import torch
-    from lyra.model import Lyra
-    from lyra.train import TrainConfig, train_model
+    from lyra.model.lyra import Lyra
+    from lyra.learn.train import TrainConfig, train_model
 
     frame_path, resume, ckpt, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     calls = 0
@@ -379,7 +379,7 @@ def test_cuda_request_without_gpu_falls_back_to_cpu(frame, tmp_path, monkeypatch
 def test_write_metrics(frame, tmp_path, caplog):
     paths = [train_model(frame, META, TINY, cfg(max_epochs=8, lr=1e-2), seed=s, checkpoint_path=tmp_path / f"s{s}.pt")
              .checkpoint_path for s in (0, 1)]
-    with caplog.at_level(logging.WARNING, logger="lyra.train"):
+    with caplog.at_level(logging.WARNING, logger="lyra.learn.train"):
         write_metrics(tmp_path / "models" / "metrics.json", paths, frame, META, "cpu")
     text = (tmp_path / "models" / "metrics.json").read_text()
     out = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
@@ -408,7 +408,7 @@ def test_write_metrics_flags_a_collapsed_model(frame, tmp_path, caplog):
     checkpoint = torch.load(r.checkpoint_path, weights_only=True)
     checkpoint["state_dict"]["decoder.weight"].zero_()
     torch.save(checkpoint, tmp_path / "collapsed.pt")
-    with caplog.at_level(logging.WARNING, logger="lyra.train"):
+    with caplog.at_level(logging.WARNING, logger="lyra.learn.train"):
         write_metrics(tmp_path / "metrics.json", [tmp_path / "collapsed.pt"], frame, META)
     out = json.loads((tmp_path / "metrics.json").read_text())
     assert out["learned"] is False and len(out["warnings"]) == 1

@@ -27,8 +27,8 @@ import pytest
 from optuna.trial import TrialState
 
 from lyra.errors import ConfigError, LyraError
-from lyra.train import TrainConfig
-from lyra.tune import (
+from lyra.learn.train import TrainConfig
+from lyra.tune.study import (
     DEFAULT_SEARCH_SPACE,
     TuneConfig,
     collect_best,
@@ -146,7 +146,7 @@ import json, logging, sys
 sys.path.insert(0, {tests!r})
 logging.basicConfig(level=logging.WARNING)
 from test_tune import StubTrain
-from lyra.tune import TuneConfig, run_worker
+from lyra.tune.study import TuneConfig, run_worker
 stub = StubTrain(**{stub!r})
 n = run_worker({dataset!r}, {journal!r}, TuneConfig.from_dict(json.loads({tune!r})), {model!r}, {train!r},
                {worker}, trials_dir={trials!r}, train_fn=stub)
@@ -429,7 +429,7 @@ def test_parallel_workers_decide_exactly_what_one_worker_decides(tmp_path):
 
 def test_batches_sample_only_from_earlier_batches(tmp_path):
     """Trial k's parameters are a function of k and the trials of batches < k // n_workers only."""
-    from lyra.tune import sample_params
+    from lyra.tune.study import sample_params
 
     cfg = tune_cfg(n_trials=6, n_workers=3, seed=1)
     journal = tmp_path / "journal.log"
@@ -442,7 +442,7 @@ def test_batches_sample_only_from_earlier_batches(tmp_path):
 
 def test_sampling_learns_from_history_after_the_startup_trials(tmp_path):
     """Past TPE's 10 random startup trials, the history moves the next suggestion towards the optimum."""
-    from lyra.tune import sample_params
+    from lyra.tune.study import sample_params
 
     cfg = tune_cfg(n_trials=24, n_workers=1, seed=2)
     journal = tmp_path / "journal.log"
@@ -463,7 +463,7 @@ def test_study_resumed_with_another_seed_is_refused(tmp_path):
 
 
 def test_study_resumes_when_a_model_key_is_stated_at_its_default_and_refuses_a_real_change(tmp_path):
-    from lyra.model import LyraConfig
+    from lyra.model.lyra import LyraConfig
 
     dataset = write_dataset(tmp_path / "dataset.parquet")
     journal = tmp_path / "journal.log"
@@ -478,7 +478,7 @@ def test_study_resumes_when_a_model_key_is_stated_at_its_default_and_refuses_a_r
 
 
 def test_study_from_a_version_with_another_model_key_is_refused_by_name(tmp_path):
-    from lyra.tune import CONFIG_ATTR
+    from lyra.tune.study import CONFIG_ATTR
 
     dataset = write_dataset(tmp_path / "dataset.parquet")
     journal = tmp_path / "journal.log"

@@ -1,10 +1,10 @@
-"""Mutation strings, numbering and wild types (lyra.variants)."""
+"""Mutation strings, numbering and wild types (lyra.data.variants)."""
 
 from __future__ import annotations
 
 import pytest
 
-from lyra.variants import (
+from lyra.data.variants import (
     Mutation,
     MutationParser,
     apply_mutations,

@@ -280,7 +280,7 @@ def _classification_checks(name: str, n: int, base: dict, scores: dict) -> tuple
 
 def learning_warnings(metrics: dict) -> list[str]:
     """One-line warnings, each saying what is wrong and what to try, when the ensemble in `metrics`
-    (models/metrics.json, or the dict `lyra.train.write_metrics` builds) shows no sign of having learned:
+    (models/metrics.json, or the dict `lyra.learn.train.write_metrics` builds) shows no sign of having learned:
 
     - its predictions collapsed to a near-constant on the valid or test split (regression: prediction
       std below COLLAPSE_RATIO x the target std; classification: one class predicted for every row);

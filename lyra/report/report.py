@@ -1,6 +1,6 @@
 """The campaign report: the figures that say whether a campaign worked, written as PNG files.
 
-    python -m lyra.report --campaign-dir results/x --config results/x/config/*.yaml \
+    python -m lyra.report.report --campaign-dir results/x --config results/x/config/*.yaml \
         --out-dir results/x/report --manifest results/x/manifest.json
 
 One function per figure (`plot_*`), each taking plain data and writing one PNG; `make_report` reads the
@@ -31,11 +31,11 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from lyra import metrics as M
+from lyra.learn import metrics as M
 from lyra.errors import ConfigError, DataError, LyraError
 from lyra.io import atomic_path, write_text
 
-log = logging.getLogger("lyra.report")
+log = logging.getLogger("lyra.report.report")
 
 DPI = 120
 SEED_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
@@ -512,7 +512,7 @@ class Ensemble:
 
     @classmethod
     def load(cls, paths: Sequence[str | Path], device: str = "cpu", batch_size: int = 1024) -> "Ensemble":
-        from lyra.train import load_checkpoint
+        from lyra.learn.train import load_checkpoint
 
         return cls([load_checkpoint(p, device) for p in paths], batch_size)
 
@@ -525,7 +525,7 @@ class Ensemble:
 
     def predict_all(self, sequences: Sequence[str]) -> np.ndarray:
         """-> (n_models, n, d_output) in target units (classification: probabilities)."""
-        from lyra.train import predict_sequences
+        from lyra.learn.train import predict_sequences
 
         return np.stack([predict_sequences(m, info, list(sequences), self.batch_size) for m, info in self.members])
 
@@ -536,7 +536,7 @@ class Ensemble:
 
 def top_positions(mutation_strings: Sequence[str], k: int, separators: str = ":,;") -> list[int]:
     """The k most frequently mutated positions among the picks (ties: lower position first)."""
-    from lyra.variants import parse_mutations
+    from lyra.data.variants import parse_mutations
 
     counts: dict[int, int] = {}
     for text in mutation_strings:
@@ -549,7 +549,7 @@ def pick_mutations(mutation_strings: Sequence[str], positions: Sequence[int], ma
                    separators: str = ":,;") -> list:
     """The mutations the picks make at `positions`: per position the `max_per_position` most frequent
     (ties: alphabetical), sorted by position then residue."""
-    from lyra.variants import parse_mutations
+    from lyra.data.variants import parse_mutations
 
     counts: dict[Any, int] = {}
     wanted = set(positions)
@@ -570,7 +570,7 @@ def predicted_epistasis(predict_fn, wild_type: str, mutations: Sequence, first_p
     `predict_fn(sequences) -> (n,)` is the ensemble mean of the target. The wild type, the singles and
     the doubles are predicted in one batch.
     """
-    from lyra.variants import apply_mutations
+    from lyra.data.variants import apply_mutations
 
     mutations = list(mutations)
     pairs = [(a, b) for a, b in combinations(mutations, 2) if a.position != b.position]
@@ -748,7 +748,7 @@ def make_report(campaign_dir: str | Path, out_dir: str | Path, config: Mapping[s
         trials = pd.read_csv(trials_path, sep="\t") if trials_path.exists() else pd.DataFrame()
         written.append(plot_tune_history(trials, paths["tune_history"], best.get("direction", "maximize"),
                                          best.get("metric", "value")))
-        # computed by the collect step (lyra.tune.param_importances), which reads the study's journal
+        # computed by the collect step (lyra.tune.study.param_importances), which reads the study's journal
         imp = best.get("importances")
         why = best.get("importances_note") or ("" if imp is not None else "no importances in tune/best.json")
         written.append(plot_param_importances(imp, paths["tune_importances"], why))
@@ -864,7 +864,7 @@ def read_configs(paths: Sequence[str | Path]) -> dict:
             else:
                 merged[key] = value
     if "_base_dir" not in merged and "data" in merged and len(paths) == 1:
-        from lyra.config import load_config
+        from lyra.campaign.config import load_config
 
         return load_config(paths[0])
     return merged
@@ -887,7 +887,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     config = read_configs(args.config) if args.config else {}
     paths = make_report(args.campaign_dir, args.out_dir, config, device=args.device)
     if args.manifest:
-        from lyra.manifest import write_manifest
+        from lyra.campaign.manifest import write_manifest
 
         # the manifest's device is the training device setting, not this job's (a CPU job)
         write_manifest(args.campaign_dir, config, args.manifest, config_files=[*args.config, *args.source_config])

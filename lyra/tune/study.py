@@ -62,7 +62,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lyra.errors import ConfigError, LyraError
 from lyra.io import atomic_path, write_json
 
-log = logging.getLogger("lyra.tune")
+log = logging.getLogger("lyra.tune.study")
 
 DEFAULT_SEARCH_SPACE: dict[str, Any] = {
     "d_state": {"type": "int", "low": 16, "high": 256, "log": True},
@@ -115,7 +115,7 @@ class TuneConfig:
             raise ConfigError(f"tune.direction: must be maximize or minimize, got {self.direction!r}")
         if self.pruner not in ("median", "none"):
             raise ConfigError(f"tune.pruner: must be median or none, got {self.pruner!r}")
-        from lyra.metrics import CLASSIFICATION_METRICS, LOWER_IS_BETTER, REGRESSION_METRICS
+        from lyra.learn.metrics import CLASSIFICATION_METRICS, LOWER_IS_BETTER, REGRESSION_METRICS
 
         metrics = (*REGRESSION_METRICS, *CLASSIFICATION_METRICS, "loss")
         if self.metric not in metrics:
@@ -153,8 +153,8 @@ def _require_int(key: str, value: Any, minimum: int) -> None:
 
 def _searchable_names() -> tuple[set[str], set[str]]:
     """(model names, train names) a search space may use."""
-    from lyra.model import LyraConfig
-    from lyra.train import TrainConfig
+    from lyra.model.lyra import LyraConfig
+    from lyra.learn.train import TrainConfig
 
     model = {f.name for f in dataclasses.fields(LyraConfig)} - NOT_SEARCHABLE
     train = {f.name for f in dataclasses.fields(TrainConfig)} - NOT_SEARCHABLE
@@ -242,14 +242,14 @@ def suggest_params(trial: optuna.Trial, search_space: Mapping[str, Any]) -> dict
 
 
 def _model_defaults(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    from lyra.model import LyraConfig
+    from lyra.model.lyra import LyraConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(LyraConfig) if f.default is not dataclasses.MISSING}
     return {**defaults, **dict(model_cfg)}
 
 
 def _as_train_config(train_cfg: Any):
-    from lyra.train import TrainConfig
+    from lyra.learn.train import TrainConfig
 
     if isinstance(train_cfg, TrainConfig):
         return train_cfg
@@ -395,7 +395,7 @@ def _normalise(obj: Any) -> Any:
 def _comparable_models(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[dict, dict]:
     """Both model configs with LyraConfig's defaults filled in, so that a key stated at its default is
     no change; both as given when one holds a key this version does not know (an older journal)."""
-    from lyra.model import LyraConfig
+    from lyra.model.lyra import LyraConfig
 
     try:
         return tuple(_normalise(LyraConfig.from_dict(dict(m)).to_dict()) for m in (a, b))
@@ -493,7 +493,7 @@ TrainFn = Callable[..., Any]
 
 def _check_metric(metric: str, meta: Mapping[str, Any]) -> None:
     """Fail before any trial when the objective cannot exist for this task."""
-    from lyra.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+    from lyra.learn.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
     task = meta.get("task", "regression")
     allowed = (*(CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS), "loss")
@@ -507,13 +507,13 @@ def run_worker(dataset_path: str | os.PathLike, journal_path: str | os.PathLike,
                prior_table: Any = None) -> int:
     """Run trials until the study holds tune_cfg.n_trials of them; return how many this worker ran.
 
-    `train_fn` defaults to `lyra.train.train_model` (tests pass a cheap stand-in with its signature);
-    `prior_table` is passed on to it (the evolutionary prior, `lyra.pipeline.prior_table`).
+    `train_fn` defaults to `lyra.learn.train.train_model` (tests pass a cheap stand-in with its signature);
+    `prior_table` is passed on to it (the evolutionary prior, `lyra.campaign.pipeline.prior_table`).
     """
-    from lyra.datasets import load_dataset
+    from lyra.data.dataset import load_dataset
 
     if train_fn is None:
-        from lyra.train import train_model as train_fn
+        from lyra.learn.train import train_model as train_fn
     if not isinstance(tune_cfg, TuneConfig):
         tune_cfg = TuneConfig.from_dict(tune_cfg)
     _require_int("worker_index", worker_index, minimum=0)

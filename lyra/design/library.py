@@ -38,14 +38,14 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from lyra.alphabet import Alphabet, get_alphabet
+from lyra.data.alphabet import Alphabet, get_alphabet
 from lyra.errors import ConfigError, DataError
 
-log = logging.getLogger("lyra.library")
+log = logging.getLogger("lyra.design.library")
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 KINDS = ("file", "combinatorial", "saturation", "pairs")
-SPEC_DIR = Path(__file__).resolve().parents[1] / "resources" / "libraries"
+SPEC_DIR = Path(__file__).resolve().parents[2] / "resources" / "libraries"
 SPEC_ONLY_KEYS = ("description",)  # documentation keys a spec file may carry
 
 
@@ -405,8 +405,8 @@ class _FileLayout:
 
     def __init__(self, cfg: LibraryConfig, wild_type: str | None, alphabet: Alphabet, first_position: int,
                  padding: str | None = None):
-        from lyra import datasets
-        from lyra.variants import diff_mutations, format_mutations
+        from lyra.data import dataset as datasets
+        from lyra.data.variants import diff_mutations, format_mutations
 
         self.cfg, self.alphabet = cfg, alphabet
         self.wild_type, self.first_position = wild_type, first_position
@@ -599,7 +599,7 @@ def make_exclusion(values: Iterable[str] | Exclusion | None, wild_type: str | No
     """Sequences and/or mutation strings ('V39W:D40A', 'WT', '') -> an Exclusion."""
     if values is None or isinstance(values, Exclusion):
         return values
-    from lyra.variants import apply_mutations, is_wild_type_token, parse_mutations
+    from lyra.data.variants import apply_mutations, is_wild_type_token, parse_mutations
 
     seqs = []
     for v in values:

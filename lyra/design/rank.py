@@ -36,16 +36,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lyra.alphabet import Alphabet, get_alphabet
+from lyra.data.alphabet import Alphabet, get_alphabet
 from lyra.errors import ConfigError, DataError, LyraError
 from lyra.io import atomic_path, write_text
-from lyra.library import Exclusion, LibraryConfig, _iter_layout, _layout, make_exclusion
+from lyra.design.library import Exclusion, LibraryConfig, _iter_layout, _layout, make_exclusion
 
-log = logging.getLogger("lyra.rank")
+log = logging.getLogger("lyra.design.rank")
 
 STRATEGIES = ("mean", "ucb")
 DIVERSITY_KEYS = ("max_per_mutation", "min_hamming", "max_per_position")
-# rank-section keys about the order itself, read by lyra.plate and lyra.dna, not by the picking
+# rank-section keys about the order itself, read by lyra.design.plate and lyra.design.dna, not by the picking
 ORDER_KEYS = ("plate", "fill", "controls", "codon_table", "avoid_sites")
 META_KEY = b"lyra"
 COUNTS_KEY = b"lyra_counts"  # written when a shard is complete
@@ -103,7 +103,7 @@ def score_shard(
     True only when sequences cannot be rebuilt from the wild type and the mutations. `padding`
     (data.padding) is stripped from the sequences of a `file` library, as from the training data.
     """
-    from lyra.train import load_checkpoint, predict_tokens
+    from lyra.learn.train import load_checkpoint, predict_tokens
 
     if not checkpoints:
         raise ConfigError("score: no checkpoints given")
@@ -163,7 +163,7 @@ def score_shard(
 
 
 def _shard_bounds(space: int, shard: int, n_shards: int) -> tuple[int, int]:
-    from lyra.library import shard_range
+    from lyra.design.library import shard_range
 
     return shard_range(space, shard, n_shards)
 
@@ -371,7 +371,7 @@ class _Candidates:
     the library's index decoder (enumerated libraries), else the stored sequences, else the mutations."""
 
     def __init__(self, pf: pq.ParquetFile, meta: dict, index: np.ndarray):
-        from lyra.library import _Layout
+        from lyra.design.library import _Layout
 
         self.pf, self.meta, self.index = pf, meta, index
         self.wt = meta.get("wild_type")
@@ -408,7 +408,7 @@ def _pad(a: np.ndarray, L: int) -> np.ndarray:
 
 
 def _sequences_from_mutations(mutations: Sequence[str], meta: dict) -> list[str]:
-    from lyra.variants import MutationParser
+    from lyra.data.variants import MutationParser
 
     wt, first = meta.get("wild_type"), meta.get("first_position", 1)
     if wt is None:
@@ -648,7 +648,7 @@ def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, A
 def add_measured(df: pd.DataFrame, dataset: str | Path) -> pd.DataFrame:
     """The ranking with a `measured_<target>` column per target: the dataset's value for a pick that was
     measured already (a library with exclude_measured: false), empty for the others. Matched by sequence."""
-    from lyra.datasets import load_dataset_meta
+    from lyra.data.dataset import load_dataset_meta
 
     targets = list(load_dataset_meta(dataset).get("targets") or [])
     measured = pd.read_parquet(dataset, columns=["sequence", *targets]).drop_duplicates("sequence")

@@ -23,9 +23,9 @@ from typing import Any, Mapping, Sequence
 
 from lyra.errors import LyraError
 from lyra.io import write_json
-from lyra.variants import wild_type_is_path
+from lyra.data.variants import wild_type_is_path
 
-log = logging.getLogger("lyra.manifest")
+log = logging.getLogger("lyra.campaign.manifest")
 
 MANIFEST_VERSION = 1
 # distribution name -> key in the manifest
@@ -62,8 +62,8 @@ def file_record(role: str, path: str | os.PathLike | None) -> dict[str, Any]:
 
 
 def input_records(config: Mapping[str, Any], config_files: Sequence[str | os.PathLike] = ()) -> list[dict]:
-    """Every file the campaign read, resolved the way the stages resolve them (lyra.pipeline)."""
-    from lyra import pipeline
+    """Every file the campaign read, resolved the way the stages resolve them (lyra.campaign.pipeline)."""
+    from lyra.campaign import pipeline
 
     records: list[dict] = []
     if config.get("data"):
@@ -185,8 +185,8 @@ def stage_totals(jobs: Mapping[str, float]) -> dict[str, float]:
 
 def seeds(config: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """Every seed the campaign used: the campaign seed, the split seed, each ensemble member's training
-    seed (from metrics.json when present, else derived like lyra.pipeline), the tuning samplers'."""
-    from lyra.pipeline import training_seed
+    seed (from metrics.json when present, else derived like lyra.campaign.pipeline), the tuning samplers'."""
+    from lyra.campaign.pipeline import training_seed
 
     out: dict[str, Any] = {"campaign": config.get("seed"), "split": (config.get("split") or {}).get("seed")}
     members = None
@@ -241,7 +241,7 @@ def build_manifest(campaign_dir: str | os.PathLike, config: Mapping[str, Any],
 
 
 def _checkpoints(root: Path) -> list[Path]:
-    from lyra.report import checkpoint_paths
+    from lyra.report.report import checkpoint_paths
 
     return checkpoint_paths(root / "models")
 
@@ -251,7 +251,7 @@ def write_manifest(campaign_dir: str | os.PathLike, config: Mapping[str, Any], o
                    device: str | None = None) -> dict[str, Any]:
     """Write manifest.json atomically; return its content.
 
-    stage_times: extra {stage: seconds} (e.g. lyra.pipeline.run_campaign's timings), added to those read
+    stage_times: extra {stage: seconds} (e.g. lyra.campaign.pipeline.run_campaign's timings), added to those read
     from the Snakemake benchmark files.
     """
     manifest = build_manifest(campaign_dir, config, stage_times, config_files, device)

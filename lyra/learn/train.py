@@ -36,13 +36,13 @@ from scipy.special import ndtri
 from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
-from lyra import metrics as M
-from lyra.alphabet import InvalidSequenceError, get_alphabet
+from lyra.learn import metrics as M
+from lyra.data.alphabet import InvalidSequenceError, get_alphabet
 from lyra.errors import ConfigError, DataError, LyraError
 from lyra.io import atomic_path, write_json
-from lyra.model import Lyra, LyraConfig, configure_optimizer
+from lyra.model.lyra import Lyra, LyraConfig, configure_optimizer
 
-log = logging.getLogger("lyra.train")
+log = logging.getLogger("lyra.learn.train")
 
 LOSSES = ("mse", "huber")
 TRANSFORMS = ("none", "standardize", "rank_gauss")
@@ -527,7 +527,7 @@ def train_model(
     `report(epoch, value)` receives the raw validation `selection_metric` after each epoch (Optuna
     pruning); an exception it raises propagates. A pruned trial's resume file is removed; any other
     interruption keeps it, so a rerun continues from the last finished epoch.
-    `prior_table` (L, C) adds the model's evolutionary prior term (`lyra.prior.prior_table`); every
+    `prior_table` (L, C) adds the model's evolutionary prior term (`lyra.design.prior.prior_table`); every
     variant must then have the table's length.
     """
     started = time.perf_counter()
@@ -801,7 +801,7 @@ def write_metrics(path: str | os.PathLike, checkpoints: Sequence[str | os.PathLi
                   meta: Mapping[str, Any], device: str | torch.device = "cpu") -> dict[str, Any]:
     """models/metrics.json: test and valid ensemble metrics with per-seed values, the learning curves, and
     whether the ensemble learned: "learned" (bool) and "warnings" (one line each, empty when all is well;
-    see `lyra.metrics.learning_warnings`), each warning also logged."""
+    see `lyra.learn.metrics.learning_warnings`), each warning also logged."""
     test = evaluate_ensemble(checkpoints, frame, meta, "test", device)
     valid = evaluate_ensemble(checkpoints, frame, meta, "valid", device)
     curves = {str(k): v for k, v in test.pop("learning_curves").items()}

@@ -1,6 +1,6 @@
 """The campaign stages as plain functions: what the Snakemake rules and `lyra <stage>` call.
 
-Each stage reads a resolved config (see lyra.config) and explicit input paths, and writes explicit
+Each stage reads a resolved config (see lyra.campaign.config) and explicit input paths, and writes explicit
 output paths atomically. `run_campaign` chains them in one process for use without Snakemake; the
 file layout is the same as the workflow's (docs/architecture.md).
 """
@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from lyra.config import campaign_dir, resolve_path, stage_config
+from lyra.campaign.config import campaign_dir, resolve_path, stage_config
 from lyra.errors import ConfigError, DataError, LyraError
-from lyra.variants import wild_type_is_path
+from lyra.data.variants import wild_type_is_path
 
-log = logging.getLogger("lyra.pipeline")
+log = logging.getLogger("lyra.campaign.pipeline")
 
 
 def training_seed(config: Mapping[str, Any], member: int) -> int:
@@ -30,7 +30,7 @@ def training_seed(config: Mapping[str, Any], member: int) -> int:
 def study_name(config: Mapping[str, Any], dataset: str | Path) -> str:
     """One Optuna study per tuning setup and dataset: changing the search, or the data it sees (a new
     campaign round), starts a new study in the same journal instead of resuming a finished one."""
-    from lyra.datasets import file_sha256
+    from lyra.data.dataset import file_sha256
 
     sub = stage_config(config, "tune")
     sub.pop("_base_dir", None)
@@ -59,8 +59,8 @@ def prior_table(config: Mapping[str, Any], meta: Mapping[str, Any]):
     section = prior_section(config)
     if section is None:
         return None
-    from lyra.alphabet import get_alphabet
-    from lyra.prior import prior_table as fit_table
+    from lyra.data.alphabet import get_alphabet
+    from lyra.design.prior import prior_table as fit_table
 
     log.info("prior: fitting the %s model on %s", section.get("model", "independent"), section["msa"])
     return fit_table(section, meta.get("wild_type"), get_alphabet(meta["alphabet"]).letters)
@@ -86,7 +86,7 @@ def wild_type_dna(config: Mapping[str, Any]) -> str | None:
 
 def round_files(config: Mapping[str, Any]) -> list[str]:
     """rounds/<n>/measurements.csv (or .xlsx) files, in round order (none while the folder does not exist yet)."""
-    from lyra.rounds import completed_rounds, round_file, rounds_root
+    from lyra.campaign.rounds import completed_rounds, round_file, rounds_root
 
     root = rounds_root(config)
     if root is None:
@@ -105,7 +105,7 @@ def stage_inputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
     wild-type FASTA, a split's index file, the library file or spec, the alignment or a round file
     reruns the stage that reads it and every stage after it.
     """
-    from lyra.library import LibraryConfig
+    from lyra.design.library import LibraryConfig
 
     data = data_config(config)
     base = config.get("_base_dir", ".")
@@ -128,9 +128,9 @@ def stage_inputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
 def check_campaign(config: Mapping[str, Any]) -> None:
     """Fail fast, before any job runs, on what the schema cannot see: missing files, inconsistent split
     settings, a library over its size cap."""
-    from lyra.datasets import DataConfig, SplitConfig
-    from lyra.library import LibraryConfig, library_size
-    from lyra.variants import read_wild_type
+    from lyra.data.dataset import DataConfig, SplitConfig
+    from lyra.design.library import LibraryConfig, library_size
+    from lyra.data.variants import read_wild_type
 
     data = data_config(config)
     if Path(data["path"]).is_dir():
@@ -146,7 +146,7 @@ def check_campaign(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"data.wild_type: {e}") from None
     prior = prior_section(config)
     if prior is not None:
-        from lyra.prior import check_alignment
+        from lyra.design.prior import check_alignment
 
         check_alignment(prior, wt)
     lib = LibraryConfig.from_dict(library_section(config))
@@ -170,8 +170,8 @@ _GENE_NEEDS_WILD_TYPE = "data.wild_type_dna: a gene needs a protein campaign wit
 def _check_order(config: Mapping[str, Any], wild_type: str | None) -> None:
     """The plate and DNA settings, before any training: controls that are variants of the campaign, a
     codon table and enzymes that exist, and a wild-type gene that codes for the wild type."""
-    from lyra.dna import DnaConfig, check_gene, read_gene
-    from lyra.plate import PlateConfig
+    from lyra.design.dna import DnaConfig, check_gene, read_gene
+    from lyra.design.plate import PlateConfig
 
     data = config["data"]
     PlateConfig.from_rank(config["rank"]).resolve_controls(wild_type, data.get("first_position", 1),
@@ -202,7 +202,7 @@ def _check_library_not_measured(config: Mapping[str, Any], lib, wild_type: str |
     large library costs nothing here."""
     import tempfile
 
-    from lyra.library import iter_library, measured_sequences
+    from lyra.design.library import iter_library, measured_sequences
 
     if not lib.exclude_measured:
         return
@@ -232,7 +232,7 @@ def _check_library_not_measured(config: Mapping[str, Any], lib, wild_type: str |
 
 
 def preprocess(config: Mapping[str, Any], out_dir: str | Path) -> Path:
-    from lyra.datasets import prepare_dataset
+    from lyra.data.dataset import prepare_dataset
 
     return prepare_dataset(
         data_config(config), config["split"], out_dir, base_dir=config.get("_base_dir"), rounds=round_files(config)
@@ -243,15 +243,15 @@ def model_params(config: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> dic
     """The model config to train with: `model_cfg` plus the prior's sign when there is a prior."""
     if prior_msa(config) is None:
         return dict(model_cfg)
-    from lyra.prior import PRIOR_SIGNS
+    from lyra.design.prior import PRIOR_SIGNS
 
     return {**model_cfg, "prior_sign": PRIOR_SIGNS[config["prior"].get("sign", "learn")]}
 
 
 def tune_worker(config: Mapping[str, Any], dataset: str | Path, journal: str | Path, worker: int) -> int:
-    from lyra.tune import TuneConfig, run_worker
+    from lyra.tune.study import TuneConfig, run_worker
 
-    from lyra.datasets import load_dataset_meta
+    from lyra.data.dataset import load_dataset_meta
 
     tune_cfg = TuneConfig.from_dict({**config["tune"], "seed": config["seed"]})
     return run_worker(
@@ -262,7 +262,7 @@ def tune_worker(config: Mapping[str, Any], dataset: str | Path, journal: str | P
 
 def tune_collect(config: Mapping[str, Any], dataset: str | Path, journal: str | Path, best: str | Path,
                  trials: str | Path) -> dict:
-    from lyra.tune import TuneConfig, collect_best, fixed_best
+    from lyra.tune.study import TuneConfig, collect_best, fixed_best
 
     if not config["tune"]["enabled"]:
         from lyra.io import write_text
@@ -282,8 +282,8 @@ def best_params(config: Mapping[str, Any], best_json: str | Path) -> tuple[dict,
 
 
 def train(config: Mapping[str, Any], dataset: str | Path, best_json: str | Path, member: int, out: str | Path) -> Path:
-    from lyra.datasets import load_dataset
-    from lyra.train import TrainConfig, train_model
+    from lyra.data.dataset import load_dataset
+    from lyra.learn.train import TrainConfig, train_model
 
     ds = load_dataset(dataset)
     model_cfg, train_cfg = best_params(config, best_json)
@@ -298,8 +298,8 @@ def train(config: Mapping[str, Any], dataset: str | Path, best_json: str | Path,
 
 
 def evaluate(config: Mapping[str, Any], dataset: str | Path, checkpoints: list[str], out: str | Path) -> Path:
-    from lyra.datasets import load_dataset
-    from lyra.train import resolve_device, write_metrics
+    from lyra.data.dataset import load_dataset
+    from lyra.learn.train import resolve_device, write_metrics
 
     ds = load_dataset(dataset)
     write_metrics(out, checkpoints, ds.frame, ds.meta, device=str(resolve_device(config["train"]["device"])))
@@ -307,7 +307,7 @@ def evaluate(config: Mapping[str, Any], dataset: str | Path, checkpoints: list[s
 
 
 def _library_meta(dataset: str | Path, lib) -> dict:
-    from lyra.datasets import load_dataset_meta
+    from lyra.data.dataset import load_dataset_meta
 
     meta = load_dataset_meta(dataset)
     if not meta.get("wild_type") and lib.kind != "file":
@@ -322,9 +322,9 @@ _NO_WILD_TYPE = ("library: a {kind} library is built from the wild type: set dat
 def score(
     config: Mapping[str, Any], dataset: str | Path, checkpoints: list[str], shard: int, out: str | Path
 ) -> Path:
-    from lyra.library import LibraryConfig, measured_sequences
-    from lyra.rank import score_shard
-    from lyra.train import resolve_device
+    from lyra.design.library import LibraryConfig, measured_sequences
+    from lyra.design.rank import score_shard
+    from lyra.learn.train import resolve_device
 
     lib_cfg = LibraryConfig.from_dict(library_section(config))
     meta = _library_meta(dataset, lib_cfg)
@@ -352,11 +352,11 @@ def zero_shot(config: Mapping[str, Any], out: str | Path, top: int | None = None
     import pandas as pd
     from tqdm import tqdm
 
-    from lyra.alphabet import get_alphabet
+    from lyra.data.alphabet import get_alphabet
     from lyra.io import atomic_path
-    from lyra.library import LibraryConfig, iter_library, library_size
-    from lyra.prior import prior_from_config
-    from lyra.variants import read_wild_type
+    from lyra.design.library import LibraryConfig, iter_library, library_size
+    from lyra.design.prior import prior_from_config
+    from lyra.data.variants import read_wild_type
 
     section = prior_section(config)
     if section is None:
@@ -402,7 +402,7 @@ def library_section(config: Mapping[str, Any]) -> dict:
 
 
 def gather(shards: list[str], out: str | Path) -> Path:
-    from lyra.rank import gather_scores
+    from lyra.design.rank import gather_scores
 
     return gather_scores(shards, out)
 
@@ -412,9 +412,9 @@ def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: 
     """ranking.csv and ranking.fasta, the plate map (`plate`, default plate.csv next to the CSV) and, with
     data.wild_type_dna, the picks' genes (`dna`, default ranking_dna.fasta next to it). With `dataset`,
     ranking.csv gains the measured value of each pick measured already. Nothing is written on an error."""
-    from lyra.dna import DnaConfig, check_gene, ranking_genes, read_gene, write_genes
-    from lyra.plate import PlateConfig, plate_map, write_plate
-    from lyra.rank import RankConfig, add_measured, rank_variants, scores_meta, write_ranking
+    from lyra.design.dna import DnaConfig, check_gene, ranking_genes, read_gene, write_genes
+    from lyra.design.plate import PlateConfig, plate_map, write_plate
+    from lyra.design.rank import RankConfig, add_measured, rank_variants, scores_meta, write_ranking
 
     plate = Path(plate) if plate is not None else Path(csv).with_name("plate.csv")
     gene_file = wild_type_dna(config)
@@ -469,7 +469,7 @@ CHECKSUM_MAX_BYTES = 1_000_000
 
 
 def _small_file_sha256(path: Path) -> str | None:
-    from lyra.datasets import file_sha256
+    from lyra.data.dataset import file_sha256
 
     return file_sha256(path) if path.stat().st_size <= CHECKSUM_MAX_BYTES else None
 
@@ -516,7 +516,7 @@ def _run_campaign(config: Mapping[str, Any], root: Path, config_files: tuple[str
     each stage config is rewritten only when its settings change (the rules' params trigger), and a
     job runs when an output is missing or older than one of its inputs, the same inputs the rules
     declare (stage_inputs). So after any change this reruns exactly the jobs Snakemake would."""
-    from lyra.config import STAGE_SECTIONS, write_stage_config
+    from lyra.campaign.config import STAGE_SECTIONS, write_stage_config
 
     check_campaign(config)
     ext = stage_inputs(config)
@@ -576,8 +576,8 @@ def _run_campaign(config: Mapping[str, Any], root: Path, config_files: tuple[str
                              dna=ranking[3] if len(ranking) > 3 else None),
         [cfg["rank"], scores, dataset, *ext["rank"]], ranking)
 
-    from lyra.manifest import write_manifest
-    from lyra.report import FIGURES, TABLES, make_report
+    from lyra.campaign.manifest import write_manifest
+    from lyra.report.report import FIGURES, TABLES, make_report
 
     report_dir, manifest = root / "report", root / "manifest.json"
 

@@ -8,18 +8,16 @@ campaign behaves the same with and without Snakemake.
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib.resources
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import jsonschema
 import yaml
 
 from lyra.errors import ConfigError
+from lyra.schema import error_message, first_error, load_schema, unknown_key_message
 
-SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 PACKAGE_SCHEME = "package://"
 
 # Which config sections each stage reads; a stage reruns only when its own sections change.
@@ -31,10 +29,6 @@ STAGE_SECTIONS = {
     "rank": ("campaign", "seed", "data", "library", "rank"),  # data.wild_type_dna
     "report": ("campaign", "seed", "report"),
 }
-
-
-def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict:
@@ -86,22 +80,11 @@ def resolve_config(raw: Mapping[str, Any], base_dir: str | os.PathLike = ".", so
     source = config.pop("_source", None) or source  # the user's file, which errors should name
     _check_unknown_keys(config, schema, source, prefix="")
     _fill_defaults(config, schema)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if stage is not None:
-        errors = [e for e in errors if not (e.validator == "required" and not e.absolute_path)]
-    if errors:
-        e = errors[0]
-        path = [str(p) for p in e.absolute_path]
-        if e.validator == "required":  # name the missing key itself, not its parent section
-            missing = [k for k in e.validator_value if k not in e.instance]
-            raise ConfigError(f"{source}: config key '{'.'.join(path + missing[:1])}' is required")
-        key = ".".join(path) or "(top level)"
-        hint = ""
-        if path and path[-1].endswith(("_column", "column")) and isinstance(e.instance, (int, float)):
-            # YAML reads `target_column: 2500` as a number; the column's name is the text "2500"
-            hint = f" (a column name that looks like a number must be quoted: {path[-1]}: '{e.instance}')"
-        raise ConfigError(f"{source}: config key '{key}': {e.message}{hint}")
+    if stage is not None:  # a stage config holds only its own sections: check those
+        schema = {**schema, "required": [k for k in schema.get("required", []) if k in config]}
+    error = first_error(config, schema)
+    if error is not None:
+        raise ConfigError(error_message(error, source))
     config["_base_dir"] = str(Path(base_dir).resolve())
     config["_source"] = source
     if stage is not None:
@@ -215,10 +198,7 @@ def _check_unknown_keys(node: Any, schema: dict, source: str, prefix: str) -> No
     if schema.get("additionalProperties", True) is False:
         for key in node:
             if key not in props and not str(key).startswith("_"):
-                close = difflib.get_close_matches(str(key), list(props), n=1)
-                hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-                known = ", ".join(props)
-                raise ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}; known keys: {known}")
+                raise ConfigError(unknown_key_message(key, props, prefix, source))
     for key, sub in props.items():
         if key in node:
             _check_unknown_keys(node[key], sub, source, f"{prefix}{key}.")

@@ -73,7 +73,7 @@ class PlateConfig:
                          separators: str = ":,;") -> list[Control]:
         """The controls as variants of the campaign: 'WT' (any spelling of the wild type) or mutations
         of the wild type, each checked against it and written canonically."""
-        from lyra.variants import format_mutations, is_wild_type_token, parse_mutations
+        from lyra.data.variants import format_mutations, is_wild_type_token, parse_mutations
 
         out: list[Control] = []
         for k, c in enumerate(self.controls or []):

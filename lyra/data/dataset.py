@@ -39,12 +39,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lyra.alphabet import get_alphabet
+from lyra.data.alphabet import get_alphabet
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path
-from lyra.variants import MutationParser, is_wild_type_token, read_wild_type
+from lyra.data.variants import MutationParser, is_wild_type_token, read_wild_type
 
-log = logging.getLogger("lyra.datasets")
+log = logging.getLogger("lyra.data.dataset")
 
 SPLITS = ("train", "valid", "test")
 FORMATS = ("csv", "tsv", "parquet", "fasta", "excel")
@@ -109,7 +109,7 @@ class DataConfig:
     sequence_column: str | None = None  # a full-sequence column ...
     mutations_column: str | None = None  # ... or mutations against the wild type (or both: checked to agree)
     wild_type: str | None = None  # FASTA path or the sequence itself
-    wild_type_dna: str | None = None  # its coding sequence (FASTA), for the picks' genes (lyra.dna); not read here
+    wild_type_dna: str | None = None  # its coding sequence (FASTA), for the picks' genes (lyra.design.dna); not read here
     first_position: int = 1  # the number of the wild type's first residue
     target_column: str | list[str] | None = None  # one or more numeric targets, or one class column
     task: str = "regression"  # regression | classification
@@ -605,7 +605,7 @@ DEMO_DATA = "package://ewht/example_data/cr6261_h1_mean.csv"  # the demo config'
 def demo_data_path() -> Path:
     """The CR6261 antibody landscape shipped in the ``ewht`` package (2,048 variants, ``mutant``/``fitness``),
     found through importlib.resources, as the demo config's ``package://`` path is."""
-    from lyra.config import resolve_path
+    from lyra.campaign.config import resolve_path
 
     return Path(resolve_path(DEMO_DATA))
 

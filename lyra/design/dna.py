@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from lyra.errors import ConfigError, DataError
 
-log = logging.getLogger("lyra.dna")
+log = logging.getLogger("lyra.design.dna")
 
 DEFAULT_CODON_TABLE = "e_coli"
 
@@ -107,7 +107,7 @@ def _translate(codon: str) -> str:
 
 def read_gene(path: str | Path) -> str:
     """The first record of a FASTA file, upper case, nucleotides only (A, C, G, T)."""
-    from lyra.variants import read_wild_type
+    from lyra.data.variants import read_wild_type
 
     path = Path(path)
     if not path.is_file():

@@ -24,11 +24,11 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from lyra.config import campaign_dir, resolve_path
+from lyra.campaign.config import campaign_dir, resolve_path
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path
 
-log = logging.getLogger("lyra.rounds")
+log = logging.getLogger("lyra.campaign.rounds")
 
 
 def rounds_root(config: Mapping[str, Any]) -> Path | None:
@@ -62,8 +62,8 @@ def simulate_round(config: Mapping[str, Any], results: str | Path = "results", t
     `truth` is a fully measured data file in the data section's format (default: `data.path` itself,
     read whole, without `data.max_mutations`). The round number defaults to the next one.
     """
-    from lyra.datasets import load_dataset, prepare_dataset
-    from lyra.pipeline import data_config
+    from lyra.data.dataset import load_dataset, prepare_dataset
+    from lyra.campaign.pipeline import data_config
 
     root = rounds_root(config)
     if root is None:
