@@ -1,8 +1,9 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename."""
+"""File helpers: atomic writes (a temporary file beside the target, then rename) and checksums."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +24,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lyra.errors import LyraError
-from lyra.io import write_json
+from lyra.io import sha256_file, write_json
 from lyra.data.variants import wild_type_is_path
 
 log = logging.getLogger("lyra.campaign.manifest")
@@ -41,14 +41,6 @@ DNA_OUTPUT = "ranking_dna.fasta"  # only for a campaign with data.wild_type_dna
 def output_files(config: Mapping[str, Any]) -> tuple[str, ...]:
     """OUTPUTS, and the picks' genes when the campaign writes them."""
     return OUTPUTS + ((DNA_OUTPUT,) if (config.get("data") or {}).get("wild_type_dna") else ())
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_record(role: str, path: str | os.PathLike | None) -> dict[str, Any]:

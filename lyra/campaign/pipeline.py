@@ -30,15 +30,15 @@ def training_seed(config: Mapping[str, Any], member: int) -> int:
 def study_name(config: Mapping[str, Any], dataset: str | Path) -> str:
     """One Optuna study per tuning setup and dataset: changing the search, or the data it sees (a new
     campaign round), starts a new study in the same journal instead of resuming a finished one."""
-    from lyra.data.dataset import file_sha256
+    from lyra.io import sha256_file
 
     sub = stage_config(config, "tune")
     sub.pop("_base_dir", None)
     digest = hashlib.sha256(json.dumps(sub, sort_keys=True).encode())
-    digest.update(file_sha256(dataset).encode())
+    digest.update(sha256_file(dataset).encode())
     msa = prior_msa(config)
     if msa is not None:  # a new alignment is a new prior: a new study
-        digest.update(file_sha256(msa).encode())
+        digest.update(sha256_file(msa).encode())
     return f"{config['campaign']}-{digest.hexdigest()[:12]}"
 
 
@@ -468,10 +468,10 @@ def _made_from_other_measurements(config: Mapping[str, Any], dataset: Path) -> b
 CHECKSUM_MAX_BYTES = 1_000_000
 
 
-def _small_file_sha256(path: Path) -> str | None:
-    from lyra.data.dataset import file_sha256
+def _small_sha256_file(path: Path) -> str | None:
+    from lyra.io import sha256_file
 
-    return file_sha256(path) if path.stat().st_size <= CHECKSUM_MAX_BYTES else None
+    return sha256_file(path) if path.stat().st_size <= CHECKSUM_MAX_BYTES else None
 
 
 def is_stale(inputs: list[str | Path], outputs: list[str | Path], record: str | Path | None = None) -> bool:
@@ -486,14 +486,14 @@ def is_stale(inputs: list[str | Path], outputs: list[str | Path], record: str | 
     if not newer:
         return False
     recorded = json.loads(Path(record).read_text()) if record is not None and Path(record).is_file() else {}
-    return any((sha := _small_file_sha256(i)) is None or recorded.get(str(i)) != sha for i in newer)
+    return any((sha := _small_sha256_file(i)) is None or recorded.get(str(i)) != sha for i in newer)
 
 
 def record_inputs(inputs: list[str | Path], record: str | Path) -> None:
     """The checksums of a job's small inputs, as it ran (what is_stale compares with)."""
     from lyra.io import write_json
 
-    write_json(record, {str(i): sha for i in inputs if (sha := _small_file_sha256(Path(i))) is not None})
+    write_json(record, {str(i): sha for i in inputs if (sha := _small_sha256_file(Path(i))) is not None})
 
 
 def run_campaign(config: Mapping[str, Any], results: str | Path = "results", config_files: tuple[str, ...] = ()) -> Path:

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from lyra.data.alphabet import get_alphabet
 from lyra.errors import ConfigError, DataError
-from lyra.io import atomic_path
+from lyra.io import atomic_path, sha256_file
 from lyra.data.variants import MutationParser, is_wild_type_token, read_wild_type
 
 log = logging.getLogger("lyra.data.dataset")
@@ -591,14 +591,6 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:300]
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 DEMO_DATA = "package://ewht/example_data/cr6261_h1_mean.csv"  # the demo config's data.path
 
 
@@ -772,7 +764,7 @@ def _prepare(cfg: DataConfig, split_cfg: SplitConfig, paths: list[Path], base_di
         parts.append(rows)
         wheres.append(rows.attrs["where"])
         _add_counts(counts, c)
-        sources.append({"path": str(path.resolve()), "sha256": file_sha256(path), "rows_read": c["rows_read"]})
+        sources.append({"path": str(path.resolve()), "sha256": sha256_file(path), "rows_read": c["rows_read"]})
     rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     if len(rows) == 0:
         raise DataError("no rows left after dropping missing targets and excluded rows", wheres[0])
