@@ -30,9 +30,9 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        res("data/dataset.parquet"),
-        res("models/metrics.json"),
-        res("ranking.csv"),
-        res("ranking.fasta"),
+        res(layout.DATASET),
+        res(layout.METRICS),
+        res(layout.RANKING),
+        res(layout.RANKING_FASTA),
         rules.report.output,
     default_target: True

@@ -53,7 +53,8 @@ from benchmarks.ridge import ridge_fit_predict  # noqa: E402
 from lyra.learn.metrics import spearman  # noqa: E402
 from lyra.model.lyra import LyraConfig  # noqa: E402
 from lyra.design.prior import PRIOR_SIGNS  # noqa: E402
-from lyra.learn.train import TrainConfig, evaluate_ensemble, replay_selection, train_model  # noqa: E402
+from lyra.learn.evaluate import evaluate_ensemble  # noqa: E402
+from lyra.learn.train import TrainConfig, replay_selection, train_model  # noqa: E402
 
 log = logging.getLogger("lyra.benchmarks.accuracy")
 DATA = Path(os.environ.get("LYRA_BENCH_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -72,7 +73,7 @@ class Setting:
     prior: str = "none"  # evolutionary prior term from the GB1 alignment: none | independent | potts
     prior_sign: str = "learn"  # its weight: learn | positive | negative (prior.sign)
     seeds: int = 5  # ensemble members: the product's train.seeds default, unless validation chose fewer
-    tune_space: dict = field(default_factory=dict)  # --tune: merged over lyra.tune.study's default search space
+    tune_space: dict = field(default_factory=dict)  # --tune: merged over lyra.tune.space's default search space
 
 
 # Chosen on validation Spearman (docs/benchmarks.md lists every setting tried, with valid and test).
@@ -200,7 +201,7 @@ def _same_run(path: Path, model_cfg: dict, cfg: TrainConfig, prior: np.ndarray |
     if not path.exists():
         return False
     info = torch.load(path, weights_only=True)
-    ignore = ("seeds", "device")
+    ignore = ("seeds", "device", "num_workers")  # num_workers: recorded by older checkpoints, never read
     if info["model_config"].get("prior_length", 0) != (0 if prior is None else len(prior)) or (
             prior is not None and not np.array_equal(info["state_dict"]["prior_table"].numpy(), prior)):
         return False
@@ -240,7 +241,8 @@ def tune_split(name: str, frame: pd.DataFrame, model_cfg: dict, cfg: TrainConfig
     import pyarrow.parquet as pq
 
     from lyra.io import atomic_path
-    from lyra.tune.study import TuneConfig, collect_best
+    from lyra.tune.collect import collect_best
+    from lyra.tune.study import TuneConfig
 
     tune_cfg = TuneConfig.from_dict({
         "n_trials": n_trials, "n_workers": n_workers, "max_epochs": cfg.max_epochs, "patience": cfg.patience,

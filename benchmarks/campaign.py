@@ -10,7 +10,7 @@ Methods:
 - prior: no training at all: top 96 by the evolutionary prior's dE (`lyra/prior.py`, independent model
   fit on `GB1_Alignment.a2m`), what `lyra zero-shot` picks.
 - lyra:  an ensemble of Lyra models trained with `lyra.learn.train.train_model` (each member on its own random
-  train/valid split of the N variants), the candidates scored with `lyra.design.rank.score_shard` over the GB1
+  train/valid split of the N variants), the candidates scored with `lyra.design.scoring.score_shard` over the GB1
   combinatorial library with the training and never-measured variants excluded, and picked with
   `lyra.design.rank.rank_variants` (UCB + diversity): the same code path as `lyra score` / `lyra rank`.
   `--prior independent|potts` adds the evolutionary prior term fit on `GB1_Alignment.a2m` (lyra/prior.py).
@@ -99,7 +99,8 @@ def transform_target(y: np.ndarray, kind: str) -> np.ndarray:
 
 
 def lyra_campaign(gb1: pd.DataFrame, wt: str, train: np.ndarray, args, workdir: Path, seed: int) -> dict:
-    from lyra.design.rank import RankConfig, rank_variants, score_shard
+    from lyra.design.rank import RankConfig, rank_variants
+    from lyra.design.scoring import score_shard
     from lyra.learn.train import TrainConfig, train_model
 
     train_frame = gb1.iloc[train]

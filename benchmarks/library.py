@@ -82,7 +82,8 @@ def step(kind: str, spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     from lyra.design.library import LibraryConfig
-    from lyra.design.rank import RankConfig, gather_scores, rank_variants, score_shard, write_ranking
+    from lyra.design.rank import RankConfig, rank_variants, write_ranking
+    from lyra.design.scoring import gather_scores, score_shard
 
     t0, c0 = time.perf_counter(), time.process_time()
     out: dict = {}
@@ -127,7 +128,8 @@ def gb1_160k(tmp: Path, threads: int, batch_size: int) -> list[dict]:
 
     torch.set_num_threads(threads)
     from lyra.design.library import LibraryConfig, library_size
-    from lyra.design.rank import RankConfig, gather_scores, rank_variants, score_shard, write_ranking
+    from lyra.design.rank import RankConfig, rank_variants, write_ranking
+    from lyra.design.scoring import gather_scores, score_shard
 
     wt = wild_type()
     ckpt = make_checkpoint(tmp / "default.pt")

@@ -1,7 +1,7 @@
 """`lyra <stage>`: every campaign stage from the command line, without Snakemake.
 
     lyra run --config config/config.yaml                 # the whole campaign in one process
-    lyra preprocess --config C --out-dir results/x/data  # one stage, explicit paths (what the rules call)
+    lyra preprocess --config C --out data.parquet        # one stage, explicit paths (what the rules call)
     lyra simulate-round --config C                       # replay: the lab's results for the current picks
 
 Errors in the user's input print one line (`error: ...`) and exit with status 2; no traceback.
@@ -19,6 +19,7 @@ import sys
 # setting OMP_WAIT_POLICY yourself.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
+from typing import Any, Sequence
 
 
 def keep_freed_memory() -> None:
@@ -37,7 +38,7 @@ def keep_freed_memory() -> None:
 
 keep_freed_memory()
 
-from lyra.campaign import pipeline
+from lyra.campaign import checks, run, stages
 from lyra.campaign.config import load_config, parse_overrides
 from lyra.errors import LyraError, one_line
 
@@ -61,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config and print it with defaults filled in")
     _common(p)
 
-    p = sub.add_parser("preprocess", help="measurements -> dataset.parquet + report.md")
+    p = sub.add_parser("preprocess", help="measurements -> the Parquet dataset, and a Markdown summary")
     _common(p)
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out", required=True, help="the dataset (Parquet) to write")
+    p.add_argument("--report", help="where to write the summary of what was read, dropped and split")
 
     p = sub.add_parser("tune-worker", help="one Optuna worker on the shared journal")
     _common(p)
@@ -121,43 +123,51 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", required=True, help="CSV of the top variants")
     p.add_argument("--top", type=int, default=None, help="how many (default: rank.top_n)")
-    sub.add_parser("report", help="figures (report/*.png) and manifest.json; see `lyra report --help`", add_help=False)
+    p = sub.add_parser("report", help="figures (report/*.png), tables and manifest.json of a finished campaign")
+    p.add_argument("--campaign-dir", required=True, help="results/<campaign>")
+    p.add_argument("--config", nargs="+", default=[],
+                   help="config YAML(s): the campaign's per-stage configs, or the campaign config")
+    p.add_argument("--out-dir", help="where the figures and tables go (default: the campaign's report/)")
+    p.add_argument("--manifest", help="also write the provenance manifest here (results/<campaign>/manifest.json)")
+    p.add_argument("--source-config", nargs="*", default=[], help="the user's config file(s), hashed into the manifest")
+    p.add_argument("--device", default="cpu", help="device for the predictions (default cpu)")
+    p.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 
 def _dispatch(args: argparse.Namespace, config: dict | None) -> None:
     if args.command == "gather":
-        pipeline.gather(args.shards, args.out)
+        stages.gather(args.shards, args.out)
         return
     cmd = args.command
     if cmd == "run":
-        root = pipeline.run_campaign(config, args.results, config_files=(args.config,))
+        root = run.run_campaign(config, args.results, config_files=(args.config,))
         print(f"campaign finished: {root}")
     elif cmd == "check-config":
         from lyra.campaign.config import dump
 
-        pipeline.check_campaign(config)
+        checks.check_campaign(config)
         print(dump({k: v for k, v in config.items() if not k.startswith("_")}), end="")
     elif cmd == "preprocess":
-        print(pipeline.preprocess(config, args.out_dir))
+        print(stages.preprocess(config, args.out, report=args.report))
     elif cmd == "tune-worker":
-        n = pipeline.tune_worker(config, args.dataset, args.journal, args.worker)
+        n = stages.tune_worker(config, args.dataset, args.journal, args.worker)
         log.info("worker %d ran %d trials", args.worker, n)
         if args.done:
             Path(args.done).parent.mkdir(parents=True, exist_ok=True)
             Path(args.done).write_text(f"{n}\n")
     elif cmd == "tune-collect":
-        pipeline.tune_collect(config, args.dataset, args.journal, args.best, args.trials)
+        stages.tune_collect(config, args.dataset, args.journal, args.best, args.trials)
     elif cmd == "train":
-        pipeline.train(config, args.dataset, args.best, args.member, args.out)
+        stages.train(config, args.dataset, args.best, args.member, args.out)
     elif cmd == "evaluate":
-        pipeline.evaluate(config, args.dataset, args.checkpoints, args.out)
+        stages.evaluate(config, args.dataset, args.checkpoints, args.out)
     elif cmd == "score":
-        pipeline.score(config, args.dataset, args.checkpoints, args.shard, args.out)
+        stages.score(config, args.dataset, args.checkpoints, args.shard, args.out)
     elif cmd == "rank":
-        pipeline.rank(config, args.scores, args.csv, args.fasta, dataset=args.dataset, plate=args.plate, dna=args.dna)
+        stages.rank(config, args.scores, args.csv, args.fasta, dataset=args.dataset, plate=args.plate, dna=args.dna)
     elif cmd == "zero-shot":
-        print(pipeline.zero_shot(config, args.out, args.top))
+        print(stages.zero_shot(config, args.out, args.top))
     elif cmd == "simulate-round":
         from lyra.campaign.rounds import simulate_round
 
@@ -166,18 +176,55 @@ def _dispatch(args: argparse.Namespace, config: dict | None) -> None:
         raise SystemExit(f"unknown command {cmd}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["report"]:  # takes the per-stage configs of a finished campaign: its own parser
-        from lyra.report import report
+def read_configs(paths: Sequence[str | Path]) -> dict:
+    """Merge YAML configs section by section: the per-stage files of a campaign (results/<c>/config/)
+    together are its resolved config; a single user config is resolved (defaults filled)."""
+    import yaml
 
-        return report.main(argv[1:])
+    merged: dict[str, Any] = {}
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise LyraError(f"{p}: config file does not exist")
+        d = yaml.safe_load(p.read_text()) or {}
+        for key, value in d.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    if "_base_dir" not in merged and "data" in merged and len(paths) == 1:
+        return load_config(paths[0])
+    return merged
+
+
+def run_report(args: argparse.Namespace) -> list[Path]:
+    """`lyra report`: the figures and tables (lyra.report), then, with --manifest, manifest.json."""
+    from lyra.campaign.manifest import write_manifest
+    from lyra.report.report import make_report
+
+    config = read_configs(args.config) if args.config else {}
+    paths = make_report(args.campaign_dir, config, device=args.device, out_dir=args.out_dir)
+    if args.manifest:
+        # the manifest's device is the training device setting, not this job's (a CPU job)
+        write_manifest(args.campaign_dir, config, args.manifest, config_files=[*args.config, *args.source_config])
+        paths.append(Path(args.manifest))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.command == "report":  # reads the per-stage configs of a finished campaign, not one user config
+        try:
+            run_report(args)
+        except LyraError as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return 2
+        return 0
     source = getattr(args, "config", None)
     try:
         config = load_config(args.config, parse_overrides(args.set)) if source else None

@@ -69,8 +69,14 @@ def error_message(error: jsonschema.ValidationError, source: str, prefix: str = 
     return f"{where}config key '{key}': {error.message}{hint}"
 
 
+# JSON Schema counts 64.0 as an integer; a config key typed integer means the YAML integer 64.
+_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
+
+
 def first_error(instance: Any, schema: Mapping[str, Any]) -> jsonschema.ValidationError | None:
-    errors = jsonschema.Draft202012Validator(schema).iter_errors(instance)
+    errors = _Validator(schema).iter_errors(instance)
     return min(errors, key=lambda e: list(map(str, e.absolute_path)), default=None)
 
 

@@ -5,10 +5,11 @@ import shutil
 import sys
 import time
 
+from lyra.campaign import layout
+from lyra.campaign.checks import check_campaign, stage_inputs
 from lyra.campaign.config import resolve_config, stage_config
-from lyra.errors import LyraError, one_line
 from lyra.campaign.joblogs import job_errors, job_warnings
-from lyra.campaign.pipeline import check_campaign, stage_inputs
+from lyra.errors import LyraError, one_line
 
 # The user's config file(s), named in every error and hashed into the manifest.
 CONFIG_FILES = [os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f) for f in workflow.configfiles]
@@ -25,7 +26,7 @@ try:
 except LyraError as e:
     sys.exit(f"error: {one_line(e, CONFIG_SOURCE)}")
 
-RESULTS = f"results/{config['campaign']}"
+RESULTS = str(layout.campaign_dir(config))
 SEEDS = list(range(config["train"]["seeds"]))
 WORKERS = list(range(config["tune"]["n_workers"]))
 SHARDS = list(range(config["library"]["n_shards"]))
@@ -40,11 +41,12 @@ wildcard_constraints:
 
 
 def res(path):
+    """A file of this campaign: `path` is one of lyra.campaign.layout's names."""
     return f"{RESULTS}/{path}"
 
 
 def stage_cfg(stage):
-    return res(f"config/{stage}.yaml")
+    return res(layout.STAGE_CONFIG.format(stage=stage))
 
 
 onstart:
@@ -59,11 +61,11 @@ onstart:
 
 onsuccess:
     # Warnings land in the jobs' logs (on a cluster, on other machines): repeat them where the user looks.
-    for line in job_warnings(res("logs"), STARTED):
+    for line in job_warnings(res(layout.LOGS), STARTED):
         print(line, file=sys.stderr)
 
 
 onerror:
     # The one-line reason of each failed job, not only "check log file(s)".
-    for line in job_errors(res("logs"), STARTED):
+    for line in job_errors(res(layout.LOGS), STARTED):
         print(line, file=sys.stderr)

@@ -2,18 +2,18 @@
 # Snakemake's params rerun trigger watches them, so changing e.g. rank.top_n reruns ranking, not training.
 # `lyra run` rewrites them on the same condition (lyra.campaign.config.write_stage_config).
 
-from lyra.campaign.config import write_stage_config
+from lyra.campaign.config import STAGE_SECTIONS, write_stage_config
 
 
 rule stage_config:
     output:
-        res("config/{stage}.yaml"),
+        res(layout.STAGE_CONFIG),
     params:
         cfg=lambda wildcards: stage_config(config, wildcards.stage),
     log:
-        res("logs/config/{stage}.log"),
+        res(layout.log("config/{stage}")),
     wildcard_constraints:
-        stage="preprocess|tune|train|score|rank|report",
+        stage="|".join(STAGE_SECTIONS),
     localrule: True
     run:
         write_stage_config(config, wildcards.stage, output[0])

@@ -4,14 +4,12 @@ rule preprocess:
         # the measurements, the wild-type FASTA, split index files and the rounds' measurement files
         files=STAGE_INPUTS["preprocess"],
     output:
-        dataset=res("data/dataset.parquet"),
-        report=res("data/report.md"),
-    params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.dataset),
+        dataset=res(layout.DATASET),
+        report=res(layout.DATA_REPORT),
     log:
-        res("logs/preprocess.log"),
+        res(layout.log("preprocess")),
     benchmark:
-        res("benchmarks/preprocess.tsv")
+        res(layout.benchmark("preprocess"))
     threads: 1
     resources:
         mem_mb=4000,
@@ -19,4 +17,4 @@ rule preprocess:
     conda:
         "../envs/lyra.yaml"
     shell:
-        "lyra preprocess --config {input.cfg:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "lyra preprocess --config {input.cfg:q} --out {output.dataset:q} --report {output.report:q} > {log:q} 2>&1"

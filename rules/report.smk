@@ -5,8 +5,19 @@
 # A figure whose inputs do not exist (tuning disabled, no wild type, a classification task) is still
 # written, as a panel saying why, so the outputs below never depend on the data.
 
-REPORT_STAGES = ["preprocess", "tune", "train", "score", "rank", "report"]
-
+# Where each of the report's figures (lyra.campaign.layout.FIGURES) sits in Snakemake's HTML report.
+FIGURE_SECTIONS = {
+    "learning_curves": ("1. Models", "learning curves"),
+    "test_predictions": ("1. Models", "predicted vs measured (test)"),
+    "tune_history": ("2. Hyper-parameter search", "optimisation history"),
+    "tune_importances": ("2. Hyper-parameter search", "parameter importances"),
+    "library_scores": ("3. Library and picks", "score distribution"),
+    "top_n": ("3. Library and picks", "top-N table"),
+    "plate": ("3. Library and picks", "plate map"),
+    "epistasis": ("4. Predicted epistasis", "epistasis map"),
+}
+if set(FIGURE_SECTIONS) != set(layout.FIGURES):
+    sys.exit("rules/report.smk: FIGURE_SECTIONS must place exactly the figures of lyra.campaign.layout.FIGURES")
 
 report: "../docs/report/workflow.rst"
 
@@ -14,89 +25,50 @@ report: "../docs/report/workflow.rst"
 rule report:
     input:
         # the per-stage configs together are the resolved config the campaign ran with
-        cfgs=[stage_cfg(stage) for stage in REPORT_STAGES],
-        dataset=res("data/dataset.parquet"),
-        metrics=res("models/metrics.json"),
-        models=expand(res("models/seed{seed}.pt"), seed=SEEDS),
-        best=res("tune/best.json"),
-        trials=res("tune/trials.tsv"),  # header only when tuning is disabled
-        scores=res("library/scores.parquet"),
-        ranking=res("ranking.csv"),
-        plate=res("plate.csv"),
+        cfgs=[stage_cfg(stage) for stage in STAGE_SECTIONS],
+        dataset=res(layout.DATASET),
+        metrics=res(layout.METRICS),
+        models=expand(res(layout.MODEL), seed=SEEDS),
+        best=res(layout.TUNE_BEST),
+        trials=res(layout.TUNE_TRIALS),  # header only when tuning is disabled
+        scores=res(layout.SCORES),
+        ranking=res(layout.RANKING),
+        plate=res(layout.PLATE),
         # hashed into the manifest: rerun it when the genes change
-        dna=[res("ranking_dna.fasta")] if config.get("data", {}).get("wild_type_dna") else [],
+        dna=[res(layout.RANKING_DNA)] if config.get("data", {}).get("wild_type_dna") else [],
         # the jobs' wall times, for the manifest
         benchmarks=[
-            res("benchmarks/preprocess.tsv"),
-            *(expand(res("benchmarks/tune/worker{worker}.tsv"), worker=WORKERS) if config["tune"]["enabled"] else []),
-            res("benchmarks/tune/collect.tsv"),
-            expand(res("benchmarks/train/seed{seed}.tsv"), seed=SEEDS),
-            res("benchmarks/evaluate.tsv"),
-            expand(res("benchmarks/score/shard{shard}.tsv"), shard=SHARDS),
-            res("benchmarks/score/gather.tsv"),
-            res("benchmarks/rank.tsv"),
+            res(layout.benchmark("preprocess")),
+            *(expand(res(layout.benchmark("tune/worker{worker}")), worker=WORKERS) if config["tune"]["enabled"] else []),
+            res(layout.benchmark("tune/collect")),
+            expand(res(layout.benchmark("train/seed{seed}")), seed=SEEDS),
+            res(layout.benchmark("evaluate")),
+            expand(res(layout.benchmark("score/shard{shard}")), shard=SHARDS),
+            res(layout.benchmark("score/gather")),
+            res(layout.benchmark("rank")),
         ],
         # the user's config file(s), hashed into the manifest
         source_configs=CONFIG_FILES,
     output:
-        learning_curves=report(
-            res("report/learning_curves.png"),
-            caption="../docs/report/learning_curves.rst",
-            category="1. Models",
-            labels={"figure": "learning curves"},
-        ),
-        test_predictions=report(
-            res("report/test_predictions.png"),
-            caption="../docs/report/test_predictions.rst",
-            category="1. Models",
-            labels={"figure": "predicted vs measured (test)"},
-        ),
-        tune_history=report(
-            res("report/tune_history.png"),
-            caption="../docs/report/tune_history.rst",
-            category="2. Hyper-parameter search",
-            labels={"figure": "optimisation history"},
-        ),
-        tune_importances=report(
-            res("report/tune_importances.png"),
-            caption="../docs/report/tune_importances.rst",
-            category="2. Hyper-parameter search",
-            labels={"figure": "parameter importances"},
-        ),
-        library_scores=report(
-            res("report/library_scores.png"),
-            caption="../docs/report/library_scores.rst",
-            category="3. Library and picks",
-            labels={"figure": "score distribution"},
-        ),
-        top_n=report(
-            res("report/top_n.png"),
-            caption="../docs/report/top_n.rst",
-            category="3. Library and picks",
-            labels={"figure": "top-N table"},
-        ),
-        plate=report(
-            res("report/plate.png"),
-            caption="../docs/report/plate.rst",
-            category="3. Library and picks",
-            labels={"figure": "plate map"},
-        ),
-        epistasis=report(
-            res("report/epistasis.png"),
-            caption="../docs/report/epistasis.rst",
-            category="4. Predicted epistasis",
-            labels={"figure": "epistasis map"},
-        ),
-        top_n_md=res("report/top_n.md"),
-        epistasis_tsv=res("report/epistasis.tsv"),
-        manifest=res("manifest.json"),
+        **{
+            name: report(
+                res(path),
+                caption=f"../docs/report/{name}.rst",
+                category=FIGURE_SECTIONS[name][0],
+                labels={"figure": FIGURE_SECTIONS[name][1]},
+            )
+            for name, path in layout.FIGURES.items()
+        },
+        top_n_md=res(layout.TABLES["top_n"]),
+        epistasis_tsv=res(layout.TABLES["epistasis"]),
+        manifest=res(layout.MANIFEST),
     params:
         campaign_dir=lambda wildcards, output: os.path.dirname(output.manifest),
         out_dir=lambda wildcards, output: os.path.dirname(output.epistasis_tsv),
     log:
-        res("logs/report.log"),
+        res(layout.log("report")),
     benchmark:
-        res("benchmarks/report.tsv")
+        res(layout.benchmark("report"))
     threads: 1
     resources:
         mem_mb=4000,

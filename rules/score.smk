@@ -4,15 +4,15 @@
 rule score_shard:
     input:
         cfg=stage_cfg("score"),
-        dataset=res("data/dataset.parquet"),
-        models=expand(res("models/seed{seed}.pt"), seed=SEEDS),
+        dataset=res(layout.DATASET),
+        models=expand(res(layout.MODEL), seed=SEEDS),
         files=STAGE_INPUTS["score"],  # the library file or spec
     output:
-        shard=res("library/shard{shard}.parquet"),
+        shard=temp(res(layout.SHARD)),  # gathered into scores.parquet, then removed
     log:
-        res("logs/score/shard{shard}.log"),
+        res(layout.log("score/shard{shard}")),
     benchmark:
-        res("benchmarks/score/shard{shard}.tsv")
+        res(layout.benchmark("score/shard{shard}"))
     threads: 2
     resources:
         gpu=1,
@@ -27,13 +27,13 @@ rule score_shard:
 
 rule gather_scores:
     input:
-        expand(res("library/shard{shard}.parquet"), shard=SHARDS),
+        expand(res(layout.SHARD), shard=SHARDS),
     output:
-        res("library/scores.parquet"),
+        res(layout.SCORES),
     log:
-        res("logs/score/gather.log"),
+        res(layout.log("score/gather")),
     benchmark:
-        res("benchmarks/score/gather.tsv")
+        res(layout.benchmark("score/gather"))
     threads: 1
     resources:
         mem_mb=2000,
@@ -45,24 +45,24 @@ rule gather_scores:
 
 
 # The picks' genes only for a campaign that gives the wild type's gene (data.wild_type_dna).
-RANK_DNA = [res("ranking_dna.fasta")] if config["data"].get("wild_type_dna") else []
+RANK_DNA = [res(layout.RANKING_DNA)] if config["data"].get("wild_type_dna") else []
 
 
 rule rank:
     input:
         cfg=stage_cfg("rank"),
-        scores=res("library/scores.parquet"),
-        dataset=res("data/dataset.parquet"),  # the measured value of picks measured already
+        scores=res(layout.SCORES),
+        dataset=res(layout.DATASET),  # the measured value of picks measured already
         files=STAGE_INPUTS["rank"],  # the wild type's gene
     output:
-        csv=res("ranking.csv"),
-        fasta=res("ranking.fasta"),
-        plate=res("plate.csv"),
+        csv=res(layout.RANKING),
+        fasta=res(layout.RANKING_FASTA),
+        plate=res(layout.PLATE),
         dna=RANK_DNA,
     log:
-        res("logs/rank.log"),
+        res(layout.log("rank")),
     benchmark:
-        res("benchmarks/rank.tsv")
+        res(layout.benchmark("rank"))
     threads: 1
     resources:
         mem_mb=4000,

@@ -4,15 +4,15 @@
 rule train:
     input:
         cfg=stage_cfg("train"),
-        dataset=res("data/dataset.parquet"),
-        best=res("tune/best.json"),
+        dataset=res(layout.DATASET),
+        best=res(layout.TUNE_BEST),
         files=STAGE_INPUTS["train"],  # the prior's alignment
     output:
-        model=res("models/seed{seed}.pt"),
+        model=res(layout.MODEL),
     log:
-        res("logs/train/seed{seed}.log"),
+        res(layout.log("train/seed{seed}")),
     benchmark:
-        res("benchmarks/train/seed{seed}.tsv")
+        res(layout.benchmark("train/seed{seed}"))
     threads: 2
     resources:
         gpu=1,
@@ -28,14 +28,14 @@ rule train:
 rule evaluate:
     input:
         cfg=stage_cfg("train"),
-        dataset=res("data/dataset.parquet"),
-        models=expand(res("models/seed{seed}.pt"), seed=SEEDS),
+        dataset=res(layout.DATASET),
+        models=expand(res(layout.MODEL), seed=SEEDS),
     output:
-        metrics=res("models/metrics.json"),
+        metrics=res(layout.METRICS),
     log:
-        res("logs/evaluate.log"),
+        res(layout.log("evaluate")),
     benchmark:
-        res("benchmarks/evaluate.tsv")
+        res(layout.benchmark("evaluate"))
     threads: 1
     resources:
         mem_mb=4000,

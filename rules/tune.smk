@@ -2,23 +2,23 @@
 # fails trials left RUNNING by killed jobs and picks the best. With tune.enabled false, best.json
 # holds the config's fixed parameters so that training always reads the same file.
 
-JOURNAL = res("tune/journal.log")
+JOURNAL = res(layout.TUNE_JOURNAL)
 
 if config["tune"]["enabled"]:
 
     rule tune_worker:
         input:
             cfg=stage_cfg("tune"),
-            dataset=res("data/dataset.parquet"),
+            dataset=res(layout.DATASET),
             files=STAGE_INPUTS["tune"],  # the prior's alignment
         output:
-            done=res("tune/worker{worker}.done"),
+            done=temp(res(layout.TUNE_WORKER_DONE)),  # read by tune_collect only
         params:
             journal=JOURNAL,
         log:
-            res("logs/tune/worker{worker}.log"),
+            res(layout.log("tune/worker{worker}")),
         benchmark:
-            res("benchmarks/tune/worker{worker}.tsv")
+            res(layout.benchmark("tune/worker{worker}"))
         threads: 2
         resources:
             gpu=1,
@@ -34,18 +34,18 @@ if config["tune"]["enabled"]:
 rule tune_collect:
     input:
         cfg=stage_cfg("tune"),
-        dataset=res("data/dataset.parquet"),
+        dataset=res(layout.DATASET),
         files=STAGE_INPUTS["tune"],  # the study's name hashes the alignment
-        workers=expand(res("tune/worker{worker}.done"), worker=WORKERS) if config["tune"]["enabled"] else [],
+        workers=expand(res(layout.TUNE_WORKER_DONE), worker=WORKERS) if config["tune"]["enabled"] else [],
     output:
-        best=res("tune/best.json"),
-        trials=res("tune/trials.tsv"),
+        best=res(layout.TUNE_BEST),
+        trials=res(layout.TUNE_TRIALS),
     params:
         journal=JOURNAL,
     log:
-        res("logs/tune/collect.log"),
+        res(layout.log("tune/collect")),
     benchmark:
-        res("benchmarks/tune/collect.tsv")
+        res(layout.benchmark("tune/collect"))
     threads: 1
     resources:
         mem_mb=2000,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lyra.data.dataset import prepare_dataset
+from prepared import prepare
 from lyra.errors import ConfigError, DataError
 
 HERE = Path(__file__).resolve().parent / "bad_inputs"
@@ -43,7 +43,7 @@ def test_bad_input(case, tmp_path):
     data, split = _configs(case)
     out = tmp_path / "out"
     if case.get("accept"):
-        path = prepare_dataset(data, split, out, base_dir=HERE)
+        path = prepare(data, split, out, base_dir=HERE)
         report = (out / "report.md").read_text()
         for line in case.get("report", []):
             assert line in report, f"{line!r} not in report:\n{report}"
@@ -51,7 +51,7 @@ def test_bad_input(case, tmp_path):
         return
 
     with pytest.raises((DataError, ConfigError)) as info:
-        prepare_dataset(data, split, out, base_dir=HERE)
+        prepare(data, split, out, base_dir=HERE)
     message = str(info.value)
     assert "\n" not in message, message
     assert case["error"] in message, message

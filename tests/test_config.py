@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from lyra.schema import load_schema
-from lyra.campaign.config import load_config, parse_overrides, resolve_config, resolve_path, stage_config
+from lyra.campaign.config import load_config, parse_overrides, resolve_config, stage_config
+from lyra.io import resolve_path
 from lyra.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,8 +110,8 @@ def _schema_defaults(section: str) -> dict:
 @pytest.mark.parametrize(
     "section, module, cls, skip",
     [
-        ("data", "lyra.data.dataset", "DataConfig", {"path", "target_column"}),
-        ("split", "lyra.data.dataset", "SplitConfig", set()),
+        ("data", "lyra.data.config", "DataConfig", {"path", "target_column"}),
+        ("split", "lyra.data.config", "SplitConfig", set()),
         ("model", "lyra.model.lyra", "LyraConfig", {"d_input", "d_output", "token_level", "ssm_lr", "dt_min", "dt_max"}),
         ("train", "lyra.learn.train", "TrainConfig", set()),
         ("tune", "lyra.tune.study", "TuneConfig", {"seed", "search_space"}),

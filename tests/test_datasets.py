@@ -16,16 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lyra.data.dataset import (
-    DataConfig,
-    Dataset,
-    SplitConfig,
-    demo_data_path,
-    load_dataset,
-    load_dataset_meta,
-    prepare_dataset,
-    read_table,
-)
+from lyra.data.config import DataConfig, SplitConfig
+from lyra.data.dataset import Dataset, load_dataset, load_dataset_meta
+from prepared import prepare
+from lyra.data.readers import demo_data_path, read_table
 from lyra.errors import ConfigError, DataError
 from lyra.data.variants import apply_mutations, parse_mutations
 
@@ -73,7 +67,7 @@ def table(tmp_path) -> Path:
 
 
 def test_schema_metadata_and_round_trip(table, tmp_path):
-    out = prepare_dataset(data_cfg(table), {"method": "random", "seed": 3}, tmp_path / "data")
+    out = prepare(data_cfg(table), {"method": "random", "seed": 3}, tmp_path / "data")
     assert out == tmp_path / "data" / "dataset.parquet"
     schema = pq.read_schema(out)
     assert schema.names == ["variant_id", "sequence", "mutations", "n_mutations", "score", "n_replicates", "split", "fold"]
@@ -114,7 +108,7 @@ def test_replicates_are_averaged_and_missing_targets_counted(tmp_path):
         "Y5F\tNaN\n"
         "k2a\t0.9\n"  # lower case K2A
     )
-    prepare_dataset(data_cfg(path), {"method": "random", "fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "o")
+    prepare(data_cfg(path), {"method": "random", "fractions": {"train": 1.0}, "valid_fraction": 0}, tmp_path / "o")
     ds = load_dataset(tmp_path / "o" / "dataset.parquet")
     f = ds.frame.set_index("variant_id")
     assert f.loc["K2A", "score"] == pytest.approx(0.7) and f.loc["K2A", "n_replicates"] == 3
@@ -125,17 +119,17 @@ def test_replicates_are_averaged_and_missing_targets_counted(tmp_path):
     report = (tmp_path / "o" / "report.md").read_text()
     assert "| replicate rows merged into an earlier row (same sequence) | 3 |" in report
 
-    prepare_dataset(data_cfg(path, aggregate="median"), ALL_TRAIN, tmp_path / "m")
+    prepare(data_cfg(path, aggregate="median"), ALL_TRAIN, tmp_path / "m")
     assert load_dataset(tmp_path / "m" / "dataset.parquet").frame.set_index("variant_id").loc["K2A", "score"] == pytest.approx(0.7)
     with pytest.raises(DataError, match=r"row 4: the same sequence appears on an earlier row"):
-        prepare_dataset(data_cfg(path, aggregate="error"), None, tmp_path / "e")
+        prepare(data_cfg(path, aggregate="error"), None, tmp_path / "e")
 
 
 def test_multiple_targets_and_counts(tmp_path):
     path = tmp_path / "multi.csv"
     path.write_text("variant,a,b,reads\nWT,1,10,100\nK2A,2,,50\nT3S,3,30,5\nT3S,5,50,7\nY5F,4,40,2\n")
     cfg = data_cfg(path, target_column=["a", "b"], count_column="reads", min_count=3)
-    prepare_dataset(cfg, ALL_TRAIN, tmp_path / "o")
+    prepare(cfg, ALL_TRAIN, tmp_path / "o")
     ds = load_dataset(tmp_path / "o" / "dataset.parquet")
     f = ds.frame.set_index("variant_id")
     assert ds.targets == ["a", "b"] and list(f.index) == ["WT", "T3S"]
@@ -148,7 +142,7 @@ def test_multiple_targets_and_counts(tmp_path):
 def test_classification(tmp_path):
     path = tmp_path / "cls.csv"
     path.write_text("variant,label\nWT,binder\nK2A,binder\nT3S,non-binder\nY5F,\nI6V,non-binder\n")
-    prepare_dataset(data_cfg(path, target_column="label", task="classification"),
+    prepare(data_cfg(path, target_column="label", task="classification"),
                     ALL_TRAIN, tmp_path / "o")
     ds = load_dataset(tmp_path / "o" / "dataset.parquet")
     assert ds.classes == ["binder", "non-binder"]
@@ -160,18 +154,18 @@ def test_classification(tmp_path):
 def test_dna_and_rna_measurements(tmp_path):
     dna = tmp_path / "dna.csv"
     dna.write_text("variant,score\nWT,0\nT2G,1\nG3C;C5A,2\n")
-    ds = load_dataset(prepare_dataset(data_cfg(dna, wild_type="ATGGCTAAA", alphabet="dna"), ALL_TRAIN, tmp_path / "d"))
+    ds = load_dataset(prepare(data_cfg(dna, wild_type="ATGGCTAAA", alphabet="dna"), ALL_TRAIN, tmp_path / "d"))
     assert ds.alphabet == "dna"
     assert dict(zip(ds.frame.variant_id, ds.frame.sequence)) == {
         "WT": "ATGGCTAAA", "T2G": "AGGGCTAAA", "G3C:C5A": "ATCGATAAA"}
     rna = tmp_path / "rna.csv"
     rna.write_text("sequence,score\naugGCU,0\nAUGGCA,1\nACGGCU,2\n")
     cfg = {"path": str(rna), "sequence_column": "sequence", "alphabet": "rna", "target_column": "score"}
-    ds = load_dataset(prepare_dataset(cfg, ALL_TRAIN, tmp_path / "r"))
+    ds = load_dataset(prepare(cfg, ALL_TRAIN, tmp_path / "r"))
     assert ds.alphabet == "rna" and sorted(ds.frame.sequence) == ["ACGGCU", "AUGGCA", "AUGGCU"]
     rna.write_text("sequence,score\nAUGGCU,0\nATGGCA,1\n")  # T is DNA, not RNA
     with pytest.raises(DataError, match=r"rna\.csv, row 3: .*'T' at position 2 is not in the rna alphabet"):
-        prepare_dataset(cfg, ALL_TRAIN, tmp_path / "r2")
+        prepare(cfg, ALL_TRAIN, tmp_path / "r2")
     assert not (tmp_path / "r2").exists()
 
 
@@ -179,13 +173,13 @@ def test_first_position_offset_end_to_end(tmp_path):
     """Mutations numbered from 126 (a domain cut out of a longer protein): sequences, ids, report, errors."""
     path = tmp_path / "m.csv"
     path.write_text("variant,score\nWT,0\nK127A,1\nT128S:Y130F,2\nI131V,3\n")
-    f = load_dataset(prepare_dataset(data_cfg(path, first_position=126), ALL_TRAIN, tmp_path / "o")).frame
+    f = load_dataset(prepare(data_cfg(path, first_position=126), ALL_TRAIN, tmp_path / "o")).frame
     assert dict(zip(f.variant_id, f.sequence)) == {
         "WT": WT, "K127A": "MA" + WT[2:], "T128S:Y130F": "MKSAF" + WT[5:], "I131V": WT[:5] + "V" + WT[6:]}
     assert "| 130 | Y | 1 | 0 | 0 | F |" in (tmp_path / "o" / "report.md").read_text()
     path.write_text("variant,score\nK127A,1\nM1A,2\n")  # 1-based numbering by mistake
     with pytest.raises(DataError, match=r"m\.csv, row 3: .*position 1 is outside the wild type \(positions 126\.\.155"):
-        prepare_dataset(data_cfg(path, first_position=126), None, tmp_path / "o2")
+        prepare(data_cfg(path, first_position=126), None, tmp_path / "o2")
 
 
 def test_unequal_lengths_allowed_when_asked(tmp_path):
@@ -193,8 +187,8 @@ def test_unequal_lengths_allowed_when_asked(tmp_path):
     path.write_text(f"sequence,score\n{WT},1\n{WT[:-2]},2\nAC{WT[2:]},3\n")
     cfg = {"path": str(path), "sequence_column": "sequence", "wild_type": WT, "target_column": "score"}
     with pytest.raises(DataError, match="row 3: sequence length 28 differs"):
-        prepare_dataset(cfg, None, tmp_path / "o")
-    prepare_dataset({**cfg, "equal_length": False}, ALL_TRAIN, tmp_path / "o")
+        prepare(cfg, None, tmp_path / "o")
+    prepare({**cfg, "equal_length": False}, ALL_TRAIN, tmp_path / "o")
     f = load_dataset(tmp_path / "o" / "dataset.parquet").frame
     assert f.variant_id.tolist() == ["WT", "seq2", "M1A:K2C"]
     assert f.mutations.isna().tolist() == [False, True, False]
@@ -216,10 +210,10 @@ def test_formats_agree(tmp_path):
             fh.write(f">v{i} fitness={row.score!r} note=x\n{row.sequence[:15]}\n{row.sequence[15:]}\n")
     frames = {}
     for name in ("t.csv", "t.tsv.gz", "t.parquet"):
-        prepare_dataset(data_cfg(tmp_path / name), {"seed": 1}, tmp_path / name.replace(".", "_"))
+        prepare(data_cfg(tmp_path / name), {"seed": 1}, tmp_path / name.replace(".", "_"))
         frames[name] = load_dataset(tmp_path / name.replace(".", "_") / "dataset.parquet").frame
     fasta_cfg = {"path": str(tmp_path / "t.fasta"), "wild_type": WT, "target_column": "score", "fasta_label_key": "fitness"}
-    prepare_dataset(fasta_cfg, {"seed": 1}, tmp_path / "fa")
+    prepare(fasta_cfg, {"seed": 1}, tmp_path / "fa")
     fa = load_dataset(tmp_path / "fa" / "dataset.parquet").frame
     for f in frames.values():
         pd.testing.assert_frame_equal(f, frames["t.csv"])
@@ -244,7 +238,7 @@ def test_read_table_line_numbers(tmp_path):
 
 
 def _prepare(table, tmp_path, split, name="o", **data_kw):
-    prepare_dataset(data_cfg(table, **data_kw), split, tmp_path / name)
+    prepare(data_cfg(table, **data_kw), split, tmp_path / name)
     return load_dataset(tmp_path / name / "dataset.parquet")
 
 
@@ -322,7 +316,7 @@ def test_index_files(table, tmp_path):
     (tmp_path / "va.txt").write_text("\n".join(map(str, range(300, 340))))
     (tmp_path / "te.txt").write_text("\n".join(map(str, range(340, 390))))
     split = {"method": "index_files", "index_files": {"train": "tr.txt", "valid": "va.txt", "test": "te.txt"}}
-    prepare_dataset(data_cfg(table), split, tmp_path / "o", base_dir=tmp_path)
+    prepare(data_cfg(table), split, tmp_path / "o", base_dir=tmp_path)
     ds = load_dataset(tmp_path / "o" / "dataset.parquet")
     src = pd.read_csv(table)
     assert ds.frame.split.value_counts().to_dict() == {"train": 300, "test": 50, "valid": 40}
@@ -330,7 +324,14 @@ def test_index_files(table, tmp_path):
     assert ds.meta["counts"]["rows_excluded_by_split"] == 10  # rows 390..399 are in no file
     (tmp_path / "te.txt").write_text("340\n5\n")
     with pytest.raises(DataError, match=r"te.txt, row 2: row index 5 is already listed for train"):
-        prepare_dataset(data_cfg(table), split, tmp_path / "bad", base_dir=tmp_path)
+        prepare(data_cfg(table), split, tmp_path / "bad", base_dir=tmp_path)
+
+
+def test_every_split_method_of_the_schema_has_one_function():
+    from lyra.data.splits import METHODS
+    from lyra.schema import section_schema
+
+    assert list(METHODS) == section_schema("split")["properties"]["method"]["enum"]
 
 
 def test_valid_always_comes_from_training(table, tmp_path):
@@ -349,7 +350,7 @@ def test_rounds_are_appended_to_training(table, tmp_path):
     base = _prepare(table, tmp_path, {"method": "random", "seed": 1}, "r0").frame
     round1 = tmp_path / "round1.csv"
     round1.write_text("variant,score\nK2A:T3S:Y5F:I6V,9.0\nWT,0.5\n")  # a new variant and a re-measured WT
-    prepare_dataset(data_cfg(table), {"method": "random", "seed": 1}, tmp_path / "r1", rounds=[round1])
+    prepare(data_cfg(table), {"method": "random", "seed": 1}, tmp_path / "r1", rounds=[round1])
     ds = load_dataset(tmp_path / "r1" / "dataset.parquet")
     f = ds.frame.set_index("variant_id")
     assert f.loc["K2A:T3S:Y5F:I6V", "split"] == "train"
@@ -359,13 +360,13 @@ def test_rounds_are_appended_to_training(table, tmp_path):
     assert ds.meta["counts"]["variants_only_in_rounds"] == 1 and len(ds.meta["sources"]) == 2
     round1.write_text("variant,score\nK2A,oops\n")
     with pytest.raises(DataError, match=r"round1.csv, row 2: column 'score'"):
-        prepare_dataset(data_cfg(table), None, tmp_path / "r2", rounds=[round1])
+        prepare(data_cfg(table), None, tmp_path / "r2", rounds=[round1])
 
 
 def test_max_mutations_keeps_the_low_order_variants_of_the_data_file_only(table, tmp_path):
     round1 = tmp_path / "round1.csv"
     round1.write_text("variant,score\nK2A:T3S:Y5F:I6V,9.0\n")  # 4 mutations: a round file is kept whole
-    prepare_dataset(data_cfg(table, max_mutations=1), {"method": "random", "seed": 1}, tmp_path / "out",
+    prepare(data_cfg(table, max_mutations=1), {"method": "random", "seed": 1}, tmp_path / "out",
                     rounds=[round1])
     ds = load_dataset(tmp_path / "out" / "dataset.parquet")
     full = pd.read_csv(table)
@@ -376,18 +377,18 @@ def test_max_mutations_keeps_the_low_order_variants_of_the_data_file_only(table,
     assert "more mutations than data.max_mutations" in (tmp_path / "out" / "report.md").read_text()
     with pytest.raises(ConfigError, match="data.wild_type: required with data.max_mutations"):
         DataConfig.from_dict({"path": str(table), "sequence_column": "s", "target_column": "score", "max_mutations": 2})
-    with pytest.raises(ConfigError, match="data.max_mutations: must be >= 0"):
+    with pytest.raises(ConfigError, match="'data.max_mutations': -1 is less than the minimum of 0"):
         DataConfig.from_dict(data_cfg(table, max_mutations=-1))
 
 
 def test_failure_leaves_previous_outputs_untouched(table, tmp_path):
     out = tmp_path / "data"
-    prepare_dataset(data_cfg(table), None, out)
+    prepare(data_cfg(table), None, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     bad = tmp_path / "bad.csv"
     bad.write_text("variant,score\nK2A,1\nQ99A,2\n")
     with pytest.raises(DataError, match="bad.csv, row 3"):
-        prepare_dataset(data_cfg(bad), None, out)
+        prepare(data_cfg(bad), None, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files, nothing replaced
 
 
@@ -395,20 +396,38 @@ def test_failure_leaves_previous_outputs_untouched(table, tmp_path):
 
 
 def test_configs_reject_unknown_and_bad_keys():
-    with pytest.raises(ConfigError, match="data.sequence_colum: unknown key"):
+    with pytest.raises(ConfigError, match="unknown config key 'data.sequence_colum' \\(did you mean 'data.sequence_column'"):
         DataConfig.from_dict({"path": "x.csv", "sequence_colum": "s"})
-    with pytest.raises(ConfigError, match="split.n_folds"):
+    for missing in ("path", "target_column"):
+        with pytest.raises(ConfigError, match=f"config key 'data.{missing}' is required"):
+            DataConfig.from_dict({k: v for k, v in {"path": "x.csv", "target_column": "y"}.items() if k != missing})
+    with pytest.raises(ConfigError, match="config key 'data.target_column' is required"):
+        DataConfig.from_dict({"path": "x.csv", "target_column": None})
+    with pytest.raises(ConfigError, match="'split.n_folds': 1 is less than the minimum of 2"):
         SplitConfig.from_dict({"method": "kfold", "n_folds": 1})
-    with pytest.raises(ConfigError, match="split.test_fold"):
+    with pytest.raises(ConfigError, match="split.test_fold: must be in 0..4"):
         SplitConfig.from_dict({"method": "kfold", "test_fold": 5})
     with pytest.raises(ConfigError, match="split.column: required"):
         SplitConfig.from_dict({"method": "column"})
+    with pytest.raises(ConfigError, match="split.index_files: required"):
+        SplitConfig.from_dict({"method": "index_files"})
+    with pytest.raises(ConfigError, match="config key 'split.index_files.test' is required"):
+        SplitConfig.from_dict({"method": "index_files", "index_files": {"train": "tr.txt"}})
+    with pytest.raises(ConfigError, match="'split.mapping.set1': 'training' is not one of"):
+        SplitConfig.from_dict({"method": "column", "column": "set", "mapping": {"set1": "training"}})
+    with pytest.raises(ConfigError, match="split.threshold: must be finite"):
+        SplitConfig.from_dict({"method": "threshold", "threshold": float("inf")})
     with pytest.raises(ConfigError, match="data.wild_type: required"):
         DataConfig.from_dict({"path": "x.csv", "mutations_column": "v", "target_column": "y"})
-    with pytest.raises(ConfigError, match="data.first_position: expected int"):
-        DataConfig.from_dict({"path": "x.csv", "first_position": "1"})
-    with pytest.raises(ConfigError, match="data.target_column: 'split' clashes"):
-        DataConfig.from_dict({"path": "x.csv", "target_column": "split"})
+    with pytest.raises(ConfigError, match="'data.first_position': '1' is not of type 'integer'"):
+        DataConfig.from_dict({"path": "x.csv", "target_column": "y", "first_position": "1"})
+    for clash in ("split", ["y", "count"]):
+        with pytest.raises(ConfigError, match="'data.target_column.*should not be valid"):
+            DataConfig.from_dict({"path": "x.csv", "target_column": clash})
+    with pytest.raises(ConfigError, match="'data.target_column': \\['y', 'y'\\] has non-unique elements"):
+        DataConfig.from_dict({"path": "x.csv", "target_column": ["y", "y"]})
+    with pytest.raises(ConfigError, match="data.target_column: classification takes one class column"):
+        DataConfig.from_dict({"path": "x.csv", "target_column": ["a", "b"], "task": "classification"})
     assert SplitConfig.from_dict({"fractions": {"train": 0.9, "test": 0.1}}).fractions == {"train": 0.9, "valid": 0.0, "test": 0.1}
     assert DataConfig.from_dict({"path": "x", "target_column": ["a", "b"]}).targets == ["a", "b"]
 
@@ -426,14 +445,14 @@ def test_load_dataset_rejects_foreign_parquet(tmp_path, load):
 
 
 def test_load_dataset_meta_is_the_datasets_meta(table, tmp_path):
-    out = prepare_dataset(data_cfg(table), {"method": "random", "seed": 3}, tmp_path / "data")
+    out = prepare(data_cfg(table), {"method": "random", "seed": 3}, tmp_path / "data")
     assert load_dataset_meta(out) == load_dataset(out).meta
 
 
 def test_demo_data_path():
     import yaml
 
-    from lyra.data.dataset import DEMO_DATA
+    from lyra.data.readers import DEMO_DATA
 
     config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
     assert config["data"]["path"] == DEMO_DATA
@@ -450,7 +469,7 @@ def test_150k_rows_preprocess_in_seconds(tmp_path):
     rng = np.random.default_rng(0)
     pd.DataFrame({"variant": variants, "score": rng.normal(size=len(variants))}).to_csv(tmp_path / "big.csv", index=False)
     t0 = time.perf_counter()
-    prepare_dataset(data_cfg(tmp_path / "big.csv"), {"method": "n_mutations", "max_train_mutations": 2}, tmp_path / "o")
+    prepare(data_cfg(tmp_path / "big.csv"), {"method": "n_mutations", "max_train_mutations": 2}, tmp_path / "o")
     elapsed = time.perf_counter() - t0
     ds = load_dataset(tmp_path / "o" / "dataset.parquet")
     assert len(ds.frame) == 160_000

@@ -148,7 +148,7 @@ def dataset_with(path: Path, measured: dict[str, float]) -> Path:
 
 def test_the_rank_stage_writes_the_plate_the_genes_and_measured_values(tmp_path):
     from lyra.campaign.config import resolve_config
-    from lyra.campaign.pipeline import rank
+    from lyra.campaign.stages import rank
 
     scores = random_scores(tmp_path, n=300, seed=0)
     (tmp_path / "wt_dna.fasta").write_text(">wt gene\n" + gene_of() + "TAA\n")
@@ -216,7 +216,7 @@ def test_demo_gene_codes_for_the_demo_wild_type():
 def test_the_gene_is_a_declared_input_checked_before_any_job_and_in_the_manifest(tmp_path, monkeypatch):
     from lyra.campaign.config import STAGE_SECTIONS, load_config
     from lyra.campaign.manifest import build_manifest
-    from lyra.campaign.pipeline import check_campaign, stage_inputs
+    from lyra.campaign.checks import check_campaign, stage_inputs
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m.csv").write_text("mutant,fitness\nWT,1.0\nT3A,0.5\nY5F,1.5\n")

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lyra.campaign.config import resolve_config
-from lyra.data.dataset import DataConfig, prepare_dataset
+from lyra.data.config import DataConfig
+from prepared import prepare
 from lyra.errors import ConfigError, DataError
 
 WT = "MAQKTAYIAKQRQISFVKSH"
@@ -32,7 +33,7 @@ def _data(tmp_path, **extra) -> dict:
 
 def test_nonsense_rows_are_refused_by_default_naming_row_and_key(tmp_path):
     with pytest.raises(DataError) as info:
-        prepare_dataset(_data(tmp_path), {"method": "random"}, tmp_path / "out", base_dir=tmp_path)
+        prepare(_data(tmp_path), {"method": "random"}, tmp_path / "out", base_dir=tmp_path)
     message = str(info.value)
     assert "\n" not in message
     assert "dms.csv" in message and ", row 4:" in message  # header = row 1; Q3* is the third data row
@@ -42,7 +43,7 @@ def test_nonsense_rows_are_refused_by_default_naming_row_and_key(tmp_path):
 
 def test_nonsense_and_synonymous_rows_are_dropped_and_counted(tmp_path):
     out = tmp_path / "out"
-    path = prepare_dataset(_data(tmp_path, drop_variants=["nonsense", "synonymous"]), {"method": "random"}, out,
+    path = prepare(_data(tmp_path, drop_variants=["nonsense", "synonymous"]), {"method": "random"}, out,
                            base_dir=tmp_path)
     report = (out / "report.md").read_text()
     assert "| rows dropped: nonsense variants (data.drop_variants) | 3 |" in report  # Q3* twice, A2G:Q3*
@@ -61,7 +62,7 @@ def test_nonsense_and_synonymous_rows_are_dropped_and_counted(tmp_path):
 
 def test_synonymous_rows_are_the_wild_type_unless_dropped(tmp_path):
     out = tmp_path / "out"
-    path = prepare_dataset(_data(tmp_path, drop_variants=["nonsense"]), {"method": "random"}, out, base_dir=tmp_path)
+    path = prepare(_data(tmp_path, drop_variants=["nonsense"]), {"method": "random"}, out, base_dir=tmp_path)
     report = (out / "report.md").read_text()
     assert "| rows of synonymous mutations only, read as the wild type | 1 |" in report
     assert "synonymous variants (data.drop_variants)" not in report
@@ -75,8 +76,8 @@ def test_nonsense_in_a_sequence_column_is_dropped(tmp_path):
     (tmp_path / "seqs.csv").write_text(f"sequence,score\n{WT},1.0\n{stop},0.0\n{WT[:1]}G{WT[2:]},0.5\n")
     data = {"path": "seqs.csv", "sequence_column": "sequence", "target_column": "score"}
     with pytest.raises(DataError, match=r"row 3:.*data.drop_variants: \[nonsense\]"):
-        prepare_dataset(data, {"method": "random"}, tmp_path / "a", base_dir=tmp_path)
-    path = prepare_dataset({**data, "drop_variants": ["nonsense"]}, {"method": "random"}, tmp_path / "b",
+        prepare(data, {"method": "random"}, tmp_path / "a", base_dir=tmp_path)
+    path = prepare({**data, "drop_variants": ["nonsense"]}, {"method": "random"}, tmp_path / "b",
                            base_dir=tmp_path)
     assert pq.read_table(path).num_rows == 2
     assert "| rows dropped: nonsense variants (data.drop_variants) | 1 |" in (tmp_path / "b" / "report.md").read_text()
@@ -87,7 +88,7 @@ def test_row_numbers_stay_those_of_the_file_after_dropping(tmp_path):
     (tmp_path / "train.txt").write_text("0\n1\n7\n")  # 0-based data rows: WT, A2G, A2G:T5T
     (tmp_path / "test.txt").write_text("3\n")  # K4R, after two dropped rows
     split = {"method": "index_files", "index_files": {"train": "train.txt", "test": "test.txt"}, "valid_fraction": 0}
-    path = prepare_dataset(_data(tmp_path, drop_variants=["nonsense", "synonymous"]), split, tmp_path / "out",
+    path = prepare(_data(tmp_path, drop_variants=["nonsense", "synonymous"]), split, tmp_path / "out",
                            base_dir=tmp_path)
     frame = pq.read_table(path).to_pandas().set_index("variant_id")
     assert frame.loc["A2G", "split"] == "train" and frame.loc["K4R", "split"] == "test"
@@ -96,7 +97,7 @@ def test_row_numbers_stay_those_of_the_file_after_dropping(tmp_path):
     data = _data(tmp_path, drop_variants=["nonsense"])
     (tmp_path / "dms.csv").write_text(TABLE + "K4R,high\n")  # checked after the drop: still the file's row
     with pytest.raises(DataError, match=r"dms.csv, row 10: column 'score': target 'high' is not a number"):
-        prepare_dataset(data, {"method": "random"}, tmp_path / "bad", base_dir=tmp_path)
+        prepare(data, {"method": "random"}, tmp_path / "bad", base_dir=tmp_path)
 
 
 def test_a_file_of_only_dropped_rows_is_one_line_error(tmp_path):
@@ -104,7 +105,7 @@ def test_a_file_of_only_dropped_rows_is_one_line_error(tmp_path):
     data = {"path": "stops.csv", "mutations_column": "mutant", "wild_type": WT, "target_column": "score",
             "drop_variants": ["nonsense"]}
     with pytest.raises(DataError, match=r"all 2 rows are variants that data.drop_variants drops \(nonsense\)"):
-        prepare_dataset(data, {"method": "random"}, tmp_path / "out", base_dir=tmp_path)
+        prepare(data, {"method": "random"}, tmp_path / "out", base_dir=tmp_path)
 
 
 def test_drop_variants_key_is_checked():
@@ -112,9 +113,9 @@ def test_drop_variants_key_is_checked():
     assert resolve_config(base)["data"]["drop_variants"] == []
     with pytest.raises(ConfigError, match="data.drop_variants"):
         resolve_config({**base, "data": {**base["data"], "drop_variants": ["missense"]}})
-    with pytest.raises(ConfigError, match="'missense' is not one of nonsense, synonymous"):
+    with pytest.raises(ConfigError, match=r"'data.drop_variants.0': 'missense' is not one of \['nonsense', 'synonymous'\]"):
         DataConfig(path="x.csv", target_column="y", drop_variants=["missense"])
     with pytest.raises(ConfigError, match="'synonymous' is recognised in data.mutations_column"):
         DataConfig(path="x.csv", target_column="y", sequence_column="s", drop_variants=["synonymous"])
-    cfg = DataConfig(path="x.csv", target_column="y", sequence_column="s", drop_variants=["nonsense", "nonsense"])
-    assert cfg.drop_variants == ["nonsense"]
+    with pytest.raises(ConfigError, match="'data.drop_variants': .* has non-unique elements"):
+        DataConfig(path="x.csv", target_column="y", sequence_column="s", drop_variants=["nonsense", "nonsense"])

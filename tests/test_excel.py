@@ -15,7 +15,10 @@ import pytest
 import yaml
 
 from lyra.campaign.config import load_config
-from lyra.data.dataset import DataConfig, load_dataset, prepare_dataset, read_table
+from lyra.data.config import DataConfig
+from lyra.data.dataset import load_dataset
+from prepared import prepare
+from lyra.data.readers import read_table
 from lyra.errors import ConfigError, DataError
 from lyra.campaign.rounds import completed_rounds
 
@@ -50,7 +53,7 @@ def data_cfg(path, **kw) -> dict:
 def fail(data: dict, tmp_path: Path, **kw) -> str:
     out = tmp_path / "refused"
     with pytest.raises(DataError) as info:
-        prepare_dataset(data, TRAIN_ONLY, out, **kw)
+        prepare(data, TRAIN_ONLY, out, **kw)
     message = str(info.value)
     assert "\n" not in message, message
     assert not out.exists() or not any(out.iterdir())  # nothing written
@@ -95,7 +98,7 @@ def test_workbook_through_lyra_preprocess_gives_the_dataset_of_the_same_csv(tmp_
             data["sheet"] = "Results"
         config = tmp_path / f"{name}.yaml"
         config.write_text(yaml.safe_dump({"campaign": "excel", "data": data, "split": {"seed": 1}}))
-        proc = lyra(tmp_path, "preprocess", "--config", config.name, "--out-dir", f"out_{name}")
+        proc = lyra(tmp_path, "preprocess", "--config", config.name, "--out", f"out_{name}/dataset.parquet")
         assert proc.returncode == 0, proc.stderr[-3000:]
         outputs[name] = load_dataset(tmp_path / f"out_{name}" / "dataset.parquet")
     csv, xlsx = outputs["plate.csv"], outputs["plate.xlsx"]
@@ -112,7 +115,7 @@ def test_bad_row_names_the_file_sheet_and_excel_row_in_one_line(tmp_path):
     workbook(tmp_path / "plate3.xlsx", cells, first_row=3)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"campaign": "excel", "data": data_cfg("plate3.xlsx")}))
-    proc = lyra(tmp_path, "preprocess", "--config", "c.yaml", "--out-dir", "out")
+    proc = lyra(tmp_path, "preprocess", "--config", "c.yaml", "--out", "out/dataset.parquet")
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr[-3000:]
@@ -143,7 +146,7 @@ def test_sheet_by_index_and_the_first_sheet_by_default(tmp_path):
     with pytest.raises(DataError, match="plate.xlsx, sheet 'Notes', row 2: no data rows"):
         read_table(tmp_path / "plate.xlsx")  # the first sheet holds one line of notes
     workbook(tmp_path / "one.xlsx", [["variant", "score"], ["WT", 1.0], ["M1A", 2.0]], notes_first=False)
-    out = prepare_dataset(data_cfg(tmp_path / "one.xlsx", sheet=None), TRAIN_ONLY, tmp_path / "out")
+    out = prepare(data_cfg(tmp_path / "one.xlsx", sheet=None), TRAIN_ONLY, tmp_path / "out")
     assert len(load_dataset(out).frame) == 2
 
 
@@ -165,8 +168,8 @@ def test_numbers_stored_as_text_are_parsed_like_csv(tmp_path):
     text = [("WT", "0"), ("M1A", " 1.5 "), ("K2A", "1e-3"), ("T3V", "-2"), ("A4G", "NA"), ("Y5F", "")]
     workbook(tmp_path / "plate.xlsx", [["variant", "score"], *text])
     pd.DataFrame(text, columns=["variant", "score"]).to_csv(tmp_path / "plate.csv", index=False)
-    a = load_dataset(prepare_dataset(data_cfg(tmp_path / "plate.xlsx"), TRAIN_ONLY, tmp_path / "a")).frame
-    b = load_dataset(prepare_dataset(data_cfg(tmp_path / "plate.csv"), TRAIN_ONLY, tmp_path / "b")).frame
+    a = load_dataset(prepare(data_cfg(tmp_path / "plate.xlsx"), TRAIN_ONLY, tmp_path / "a")).frame
+    b = load_dataset(prepare(data_cfg(tmp_path / "plate.csv"), TRAIN_ONLY, tmp_path / "b")).frame
     assert list(a["score"]) == [0.0, 1.5, 0.001, -2.0]
     pd.testing.assert_frame_equal(a, b)
 
@@ -180,7 +183,7 @@ def test_formula_without_a_saved_value_names_the_cell(tmp_path):
     message = fail(data_cfg(tmp_path / "plate.xlsx"), tmp_path)
     assert "plate.xlsx, sheet 'Results', row 3: cell B3 holds a formula (=B2*2) with no saved value" in message
     with_saved_values(tmp_path / "plate.xlsx", {"B3": "2"})
-    out = prepare_dataset(data_cfg(tmp_path / "plate.xlsx"), TRAIN_ONLY, tmp_path / "out")
+    out = prepare(data_cfg(tmp_path / "plate.xlsx"), TRAIN_ONLY, tmp_path / "out")
     assert list(load_dataset(out).frame["score"]) == [1.0, 2.0]
 
 
@@ -222,7 +225,7 @@ def test_empty_trailing_rows_and_columns_are_dropped_and_rows_keep_their_numbers
     assert list(frame.columns) == ["variant", "score"]
     assert list(frame.index) == [2, 3, 5]  # Excel's row numbers; the empty row 4 is skipped
     assert frame.attrs["blank_lines"] == 1
-    out = prepare_dataset(data_cfg(tmp_path / "plate.xlsx"), TRAIN_ONLY, tmp_path / "out")
+    out = prepare(data_cfg(tmp_path / "plate.xlsx"), TRAIN_ONLY, tmp_path / "out")
     assert "| blank lines skipped | 1 |" in (tmp_path / "out" / "report.md").read_text()
     assert len(load_dataset(out).frame) == 3
 
@@ -245,11 +248,11 @@ def test_not_a_workbook_and_old_xls(tmp_path):
     (tmp_path / "plate.xlsx").write_text("variant,score\nWT,1.0\nM1A,2.0\n")  # a CSV renamed
     message = fail(data_cfg(tmp_path / "plate.xlsx"), tmp_path)
     assert "named like an Excel workbook but is not one" in message and "set data.format" in message
-    out = prepare_dataset(data_cfg(tmp_path / "plate.xlsx", format="csv"), TRAIN_ONLY, tmp_path / "out")
+    out = prepare(data_cfg(tmp_path / "plate.xlsx", format="csv"), TRAIN_ONLY, tmp_path / "out")
     assert len(load_dataset(out).frame) == 2
     (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0")
     with pytest.raises(ConfigError, match="Excel 97-2003 workbook; save it as .xlsx"):
-        prepare_dataset(data_cfg(tmp_path / "old.xls"), TRAIN_ONLY, tmp_path / "out2")
+        prepare(data_cfg(tmp_path / "old.xls"), TRAIN_ONLY, tmp_path / "out2")
 
 
 # ------------------------------------------------------------------------------------------ rounds
@@ -260,7 +263,7 @@ def test_round_file_in_excel(tmp_path):
     (tmp_path / "rounds" / "1").mkdir(parents=True)
     round1 = tmp_path / "rounds" / "1" / "measurements.xlsx"
     workbook(round1, [["variant", "score"], *ROWS[10:]])
-    out = prepare_dataset(data_cfg(tmp_path / "plate.csv"), TRAIN_ONLY, tmp_path / "out", rounds=[round1])
+    out = prepare(data_cfg(tmp_path / "plate.csv"), TRAIN_ONLY, tmp_path / "out", rounds=[round1])
     dataset = load_dataset(out)
     assert len(dataset.frame) == len(ROWS)
     assert dataset.meta["counts"]["variants_only_in_rounds"] == len(ROWS) - 10

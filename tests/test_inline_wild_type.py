@@ -69,7 +69,7 @@ def test_cli_accepts_a_600_residue_inline_wild_type(tmp_path):
     assert check.returncode == 0, check.stderr
     assert "Traceback" not in check.stderr
 
-    pre = _lyra("preprocess", "--config", "c.yaml", "--out-dir", "out", cwd=tmp_path)
+    pre = _lyra("preprocess", "--config", "c.yaml", "--out", "out/dataset.parquet", "--report", "out/report.md", cwd=tmp_path)
     assert pre.returncode == 0, pre.stderr
     assert "Traceback" not in pre.stderr
     assert "- wild type: 600 residues" in (tmp_path / "out" / "report.md").read_text()

@@ -175,8 +175,16 @@ def test_parse_positions_forms_and_errors():
 
 
 def test_from_dict_unknown_key_and_spec():
-    with pytest.raises(ConfigError, match=r"library.postions: unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'library.postions' \(did you mean 'library.positions'\?\)"):
         LibraryConfig.from_dict({"kind": "saturation", "postions": [1]})
+    with pytest.raises(ConfigError, match=r"'library.kind': 'random' is not one of"):
+        LibraryConfig(kind="random")
+    with pytest.raises(ConfigError, match=r"'library.residues': '' should be non-empty"):
+        LibraryConfig(residues="")
+    with pytest.raises(ConfigError, match=r"'library.n_shards': 0 is less than the minimum of 1"):
+        LibraryConfig(n_shards=0)
+    with pytest.raises(ConfigError, match="library.path: required for library.kind 'file'"):
+        LibraryConfig(kind="file")
     cfg = LibraryConfig.from_dict({"spec": "gb1_four_site", "n_shards": 8})
     assert cfg.kind == "combinatorial" and cfg.positions == GB1_SITES and cfg.n_shards == 8
     assert library_size(cfg, GB1_WT) == 160_000

@@ -80,7 +80,7 @@ def test_manifest_config_versions_seeds_device_times(campaign):
     for pkg in ("python", "lyra", "torch", "numpy", "pandas", "pyarrow", "optuna"):
         assert m["packages"][pkg], pkg
     assert m["seeds"]["campaign"] == 7 and m["seeds"]["split"] == 3
-    assert m["seeds"]["train_members"] == [7000, 7001]  # lyra.campaign.pipeline.training_seed
+    assert m["seeds"]["train_members"] == [7000, 7001]  # lyra.campaign.stages.training_seed
     assert m["device"]["type"] in ("cpu", "cuda")
     assert m["job_wall_time_s"] == {"preprocess": 1.5, "train/seed0": 10.25, "train/seed1": 13.0}
     assert m["stage_wall_time_s"] == {"preprocess": 1.5, "train": 23.25, "report": 2.0}

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from sklearn import linear_model
+from sklearn import metrics as sk
 
 from lyra.learn import metrics as M
 
@@ -47,32 +49,30 @@ def test_ndcg_by_hand():
 
 
 def test_ndcg_matches_sklearn(reg):
-    metrics = pytest.importorskip("sklearn.metrics")
     y, pred = reg
     pred = pred + np.arange(pred.size) * 1e-9  # sklearn averages over tied predictions; avoid ties
     rel = y - y.min()
-    assert M.ndcg(y, pred) == pytest.approx(metrics.ndcg_score(rel[None], pred[None]), rel=1e-9)
-    assert M.ndcg_at_k(y, pred, 20) == pytest.approx(metrics.ndcg_score(rel[None], pred[None], k=20), rel=1e-9)
+    assert M.ndcg(y, pred) == pytest.approx(sk.ndcg_score(rel[None], pred[None]), rel=1e-9)
+    assert M.ndcg_at_k(y, pred, 20) == pytest.approx(sk.ndcg_score(rel[None], pred[None], k=20), rel=1e-9)
 
 
 def test_classification_matches_sklearn():
-    metrics = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(1)
     # binary
     y = rng.integers(0, 2, 300)
     p1 = np.clip(0.3 * y + rng.uniform(size=300) * 0.7, 0, 1)
     p1[:30] = 0.5  # ties
     probs = np.stack([1 - p1, p1], 1)
-    assert M.auroc(y, probs) == pytest.approx(metrics.roc_auc_score(y, p1), abs=1e-12)
-    assert M.auroc(y, p1) == pytest.approx(metrics.roc_auc_score(y, p1), abs=1e-12)
-    assert M.accuracy(y, probs) == pytest.approx(metrics.accuracy_score(y, probs.argmax(1)))
-    assert M.mcc(y, probs) == pytest.approx(metrics.matthews_corrcoef(y, probs.argmax(1)), abs=1e-12)
+    assert M.auroc(y, probs) == pytest.approx(sk.roc_auc_score(y, p1), abs=1e-12)
+    assert M.auroc(y, p1) == pytest.approx(sk.roc_auc_score(y, p1), abs=1e-12)
+    assert M.accuracy(y, probs) == pytest.approx(sk.accuracy_score(y, probs.argmax(1)))
+    assert M.mcc(y, probs) == pytest.approx(sk.matthews_corrcoef(y, probs.argmax(1)), abs=1e-12)
     # three classes, one-vs-rest macro AUROC
     y3 = rng.integers(0, 3, 400)
     logits = rng.normal(size=(400, 3)) + 1.5 * np.eye(3)[y3]
     p3 = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    assert M.auroc(y3, p3) == pytest.approx(metrics.roc_auc_score(y3, p3, multi_class="ovr"), abs=1e-12)
-    assert M.mcc(y3, p3) == pytest.approx(metrics.matthews_corrcoef(y3, p3.argmax(1)), abs=1e-12)
+    assert M.auroc(y3, p3) == pytest.approx(sk.roc_auc_score(y3, p3, multi_class="ovr"), abs=1e-12)
+    assert M.mcc(y3, p3) == pytest.approx(sk.matthews_corrcoef(y3, p3.argmax(1)), abs=1e-12)
     assert M.accuracy(y3, p3) == pytest.approx(np.mean(p3.argmax(1) == y3))
 
 
@@ -91,7 +91,6 @@ def test_regression_metrics_drop_missing_targets():
 
 def test_ridge_baseline_matches_sklearn():
     """benchmarks/ridge.py (the baseline of every benchmark table) is sklearn's Ridge on one-hot inputs."""
-    linear_model = pytest.importorskip("sklearn.linear_model")
     import sys
     from pathlib import Path
 

@@ -1,4 +1,5 @@
-"""Lyra model: parameter counts, S4D against its recurrence, padding, gradients, caching, autocast."""
+"""Lyra model: parameter counts, S4D against its recurrence, fast paths against the plain paper path,
+padding, gradients, caching, autocast."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 
 from lyra import Lyra, LyraConfig
 from lyra.errors import ConfigError
-from lyra.model.lyra import S4D, Linear, S4DKernel, configure_optimizer, fft_size, ssm_parameters
+from lyra.model import fast
+from lyra.model.lyra import configure_optimizer, ssm_parameters
+from lyra.model.s4d import S4D, S4DKernel
 
 
 @pytest.fixture(autouse=True)
@@ -27,47 +30,47 @@ def n_params(model: torch.nn.Module) -> int:
 
 def randomise_(kernel: S4DKernel, gen: torch.Generator) -> None:
     """Random SSM parameters, away from the structured S4D-Lin init."""
-    C, N2 = kernel.log_A_real.shape
+    H, N2 = kernel.log_A_real.shape
     with torch.no_grad():
-        kernel.log_dt.copy_(torch.empty(C).uniform_(math.log(1e-3), math.log(0.3), generator=gen))
-        kernel.log_A_real.copy_(torch.empty(C, N2).uniform_(-3, 1, generator=gen))
-        kernel.A_imag.copy_(torch.empty(C, N2).uniform_(0, 40, generator=gen))
-        kernel.C.copy_(torch.randn(C, N2, 2, generator=gen))
+        kernel.log_dt.copy_(torch.empty(H).uniform_(math.log(1e-3), math.log(0.3), generator=gen))
+        kernel.log_A_real.copy_(torch.empty(H, N2).uniform_(-3, 1, generator=gen))
+        kernel.A_imag.copy_(torch.empty(H, N2).uniform_(0, 40, generator=gen))
+        kernel.C.copy_(torch.randn(H, N2, 2, generator=gen))
 
 
 def recurrence(kernel: S4DKernel, u: torch.Tensor) -> torch.Tensor:
-    """Step the discretised system in float64: u (B, C, L) -> y (B, C, L), without the D term.
+    """Step the discretised system in float64: u (B, H, L) -> y (B, H, L), without the D term.
 
     x_{k+1} = z x_k + (z - 1)/A u_k,  y_k = 2 Re(C x_{k+1}),  z = exp(dt A),  x_0 = 0,
     so y_k = sum_{j<=k} 2 Re(C (z - 1)/A z^(k-j)) u_j = sum_j K[k - j] u_j.
     """
-    dt = kernel.log_dt.detach().double().exp()[:, None]  # (C, 1)
-    A = torch.complex(-kernel.log_A_real.detach().double().exp(), kernel.A_imag.detach().double())  # (C, N2)
-    Cc = torch.view_as_complex(kernel.C.detach().double().contiguous())  # (C, N2)
+    dt = kernel.log_dt.detach().double().exp()[:, None]  # (H, 1)
+    A = torch.complex(-kernel.log_A_real.detach().double().exp(), kernel.A_imag.detach().double())  # (H, N2)
+    C = torch.view_as_complex(kernel.C.detach().double().contiguous())  # (H, N2)
     z, b = torch.exp(dt * A), (torch.exp(dt * A) - 1) / A
     u = u.double()
-    x = torch.zeros(u.shape[0], *A.shape, dtype=torch.complex128)  # (B, C, N2)
+    x = torch.zeros(u.shape[0], *A.shape, dtype=torch.complex128)  # (B, H, N2)
     ys = []
     for k in range(u.shape[-1]):
         x = z * x + b * u[:, :, k, None]
-        ys.append(2 * (Cc * x).sum(-1).real)  # (B, C)
-    return torch.stack(ys, -1)  # (B, C, L)
+        ys.append(2 * (C * x).sum(-1).real)  # (B, H)
+    return torch.stack(ys, -1)  # (B, H, L)
 
 
 def naive_kernel(kernel: S4DKernel, L: int) -> torch.Tensor:
-    """The reference Vandermonde product, materialising (C, N2, L), float64."""
-    Cp, dtA = kernel.modes()
-    V = torch.exp(dtA.unsqueeze(-1) * torch.arange(L, dtype=torch.float64))  # (C, N2, L)
-    return 2 * torch.einsum("cn,cnl->cl", Cp, V).real  # (C, L)
+    """The reference Vandermonde product, materialising (H, N2, L), float64."""
+    dtA, CB = kernel.discretize()
+    V = torch.exp(dtA.unsqueeze(-1) * torch.arange(L, dtype=torch.float64))  # (H, N2, L)
+    return 2 * torch.einsum("hn,hnl->hl", CB, V).real  # (H, L)
 
 
 def causal_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Direct causal convolution y[l] = sum_{j<=l} K[l-j] u[j], float64: u (B, C, L), K (C, L)."""
+    """Direct causal convolution y[l] = sum_{j<=l} K[l-j] u[j], float64: u (B, H, L), K (H, L)."""
     L = u.shape[-1]
     idx = torch.arange(L)
     lag = idx[:, None] - idx[None, :]  # (L, L)
-    T = torch.where(lag >= 0, K.double()[:, lag.clamp(min=0)], torch.zeros((), dtype=torch.float64))  # (C, L, L)
-    return torch.einsum("clj,bcj->bcl", T, u.double())
+    T = torch.where(lag >= 0, K.double()[:, lag.clamp(min=0)], torch.zeros((), dtype=torch.float64))  # (H, L, L)
+    return torch.einsum("hlj,bhj->bhl", T, u.double())
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -75,12 +78,70 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
+@pytest.fixture(params=["fast", "plain"])
+def path(request):
+    """Run a test on the fast paths and on the plain paper computation."""
+    if request.param == "plain":
+        with fast.disabled():
+            yield request.param
+    else:
+        yield request.param
+
+
 # ---- parameter counts and config -------------------------------------------------------------------
 
 
-def test_parameter_counts_match_authors_model():
+def paper_parameter_count(d_input: int, d_output: int = 1, H: int = 64, N: int = 64,
+                          expansions=(0.25, 2.0), n_s4d: int = 1, kernel_size: int = 3,
+                          bidirectional: bool = False, prior: bool = False) -> int:
+    """Trainable parameters of Lyra from the layer formulas of the paper's model, H = d_model, N = d_state."""
+    total = d_input * H + H  # encoder: Linear(d_input -> H), weight + bias
+    for r in expansions:
+        e = int(H * r)  # PGC gated channels
+        total += H * 2 * e + 2 * e  # in projection: Linear(H -> 2e)
+        total += 2 * e  # RMSNorm over [x; v] (scale only, no bias)
+        total += e * kernel_size + e  # depthwise Conv1d: one kernel_size filter + one bias per channel
+        total += e * H + H  # out projection: Linear(e -> H)
+        total += H  # RMSNorm after the out projection
+    kernels = 2 * H if bidirectional else H  # a bidirectional S4D has a forward and a backward SSM per channel
+    for _ in range(n_s4d):
+        total += H  # pre-norm RMSNorm of the residual block
+        total += kernels  # log dt, one step size per SSM
+        total += kernels * (N // 2) * 2  # C: N/2 complex entries (real and imaginary part) per SSM; B = 1
+        total += kernels * (N // 2)  # log(-Re A): A diagonal, N/2 complex conjugate-pair modes
+        total += kernels * (N // 2)  # Im A
+        total += H  # D, the skip term
+        total += H * 2 * H + 2 * H  # output 1x1 convolution H -> 2H before the GLU
+    total += H * d_output + d_output  # decoder: Linear(H -> d_output)
+    if prior:
+        total += d_output  # prior weight beta, one per output (the table S, mu, sigma are buffers)
+    return total
+
+
+def test_parameter_count_of_the_authors_model():
+    # the authors' protein model, layer by layer: encoder 1,344, PGCs 3,328 + 25,728, S4D block 64 + 16,640,
+    # decoder 65. (Their notebook prints 47,745: FlashDepthWiseConv1d registers its weight and bias twice.)
+    assert paper_parameter_count(20) == 1_344 + 3_328 + 25_728 + 64 + 16_640 + 65 == 47_169
+    assert paper_parameter_count(4) == 46_145
     assert n_params(Lyra(d_input=20, d_output=1, d_model=64, d_state=64)) == 47_169
     assert n_params(Lyra(d_input=4, d_output=1, d_model=64, d_state=64)) == 46_145
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(d_input=20, d_output=3, d_model=32, d_state=16),
+        dict(d_input=4, d_model=16, d_state=8, bidirectional=True, n_s4d=2, kernel_size=5,
+             pgc_expansions=(0.5, 2.0, 1.0)),
+        dict(d_input=21, d_output=2, d_model=24, d_state=6, pgc_expansions=(0.3,), n_s4d=0),  # e = int(7.2) = 7
+        dict(d_input=20, d_model=8, d_state=4, pgc_expansions=(), n_s4d=3, prior_length=9),
+    ],
+)
+def test_parameter_count_follows_the_layer_formulas(kwargs):
+    cfg = LyraConfig(**kwargs)
+    expected = paper_parameter_count(cfg.d_input, cfg.d_output, cfg.d_model, cfg.d_state, cfg.pgc_expansions,
+                                     cfg.n_s4d, cfg.kernel_size, cfg.bidirectional, prior=cfg.prior_length > 0)
+    assert n_params(Lyra(**kwargs)) == expected
 
 
 def test_config_round_trip_and_unknown_key(tmp_path):
@@ -99,20 +160,50 @@ def test_config_round_trip_and_unknown_key(tmp_path):
         LyraConfig.from_dict({"d_hidden": 3})
     with pytest.raises(ConfigError, match="d_hidden"):
         Lyra(d_hidden=3)
-    with pytest.raises(ConfigError, match="pooling"):
-        LyraConfig(pooling="sum")
-    with pytest.raises(ConfigError, match="kernel_size"):
-        LyraConfig(kernel_size=4)
-    with pytest.raises(ConfigError, match="model.d_model: expected an integer"):
-        LyraConfig.from_dict({"d_model": "64"})
-    with pytest.raises(ConfigError, match="model.dropout: expected a number"):
-        LyraConfig.from_dict({"dropout": "1e-3"})
-    with pytest.raises(ConfigError, match="pgc_expansions"):
-        LyraConfig.from_dict({"pgc_expansions": 2.0})
-    with pytest.raises(ConfigError, match="bidirectional"):
-        LyraConfig.from_dict({"bidirectional": "yes"})
     assert LyraConfig.from_dict({"pgc_expansions": [1, 0.5], "dropout": 0}).pgc_expansions == (1.0, 0.5)
     assert LyraConfig(pgc_expansions=[]).pgc_expansions == ()  # no PGC layer at all is allowed
+
+
+def test_checkpoint_config_keys_are_unchanged():
+    # model_config as checkpoints have always stored it: same keys, same order, plain types
+    stored = {"d_input": 20, "d_output": 1, "d_model": 64, "d_state": 64, "pgc_expansions": [0.25, 2.0],
+              "n_s4d": 1, "dropout": 0.2, "bidirectional": False, "kernel_size": 3, "pooling": "mean",
+              "token_level": False, "ssm_lr": 0.001, "dt_min": 0.001, "dt_max": 0.1, "prior_length": 0,
+              "prior_sign": 0}
+    assert list(LyraConfig().to_dict().items()) == list(stored.items())
+    assert LyraConfig.from_dict(stored) == LyraConfig()
+    d = LyraConfig(pgc_expansions=(0.5, 1.0), prior_length=7, prior_sign=-1).to_dict()
+    assert d["pgc_expansions"] == [0.5, 1.0] and type(d["pgc_expansions"]) is list
+
+
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        ({"pooling": "sum"}, "model.pooling"),
+        ({"kernel_size": 4}, "model.kernel_size"),  # odd, for 'same' padding
+        ({"kernel_size": 0}, "model.kernel_size"),
+        ({"d_state": 63}, "model.d_state"),  # even: conjugate pairs
+        ({"d_model": 0}, "model.d_model"),
+        ({"d_model": "64"}, "model.d_model'.*integer"),
+        ({"dropout": "1e-3"}, "model.dropout'.*number"),
+        ({"dropout": 1.0}, "model.dropout"),
+        ({"dropout": -0.1}, "model.dropout"),
+        ({"n_s4d": -1}, "model.n_s4d"),
+        ({"pgc_expansions": 2.0}, "model.pgc_expansions"),
+        ({"pgc_expansions": [0.5, 0]}, "model.pgc_expansions"),
+        ({"pgc_expansions": [0.01]}, "model.pgc_expansions"),  # int(64 * 0.01) = 0 channels
+        ({"bidirectional": "yes"}, "model.bidirectional"),
+        ({"d_input": 0}, "model.d_input"),
+        ({"d_output": 1.5}, "model.d_output"),
+        ({"dt_min": 0.2}, "model.dt_min"),  # above dt_max
+        ({"ssm_lr": 0}, "model.ssm_lr"),
+        ({"prior_length": 5, "token_level": True}, "model.prior_length"),
+        ({"prior_sign": 2}, "model.prior_sign"),
+    ],
+)
+def test_invalid_config_names_the_key(bad, key):
+    with pytest.raises(ConfigError, match=key):
+        LyraConfig.from_dict(bad)
 
 
 def test_default_init_is_s4d_lin():
@@ -126,21 +217,20 @@ def test_default_init_is_s4d_lin():
 
 def test_fft_size_is_a_fast_length_of_at_least_2L():
     for n in (2, 4, 6, 112, 474, 2 * 65536, 2 * 16383 + 2, 8194):
-        m = fft_size(n)
+        m = fast.fft_size(n)
         assert n <= m < 2 * n and m % 2 == 0
         assert m & (m - 1) == 0 or ((m // 3) & (m // 3 - 1) == 0 and m % 3 == 0)  # 2^k or 3 * 2^k
-    assert fft_size(112) == 128 and fft_size(2048) == 2048 and fft_size(8194) == 12288
+    assert fast.fft_size(112) == 128 and fast.fft_size(2048) == 2048 and fast.fft_size(8194) == 12288
 
 
 # ---- S4D against its definition ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("L", [1, 7, 16, 33, 101])
-def test_s4d_fft_path_equals_recurrence(L):
+def test_s4d_fft_path_equals_recurrence(L, path):
     gen = torch.Generator().manual_seed(L)
     layer = S4D(d_model=6, d_state=8)
     randomise_(layer.kernel, gen)
-    layer.kernel.chunk = 8  # L=101 spans 13 chunks
     u = torch.randn(3, 6, L, generator=gen)
     with torch.no_grad():
         y = layer.ssm(u)  # (B, H, L), includes D u
@@ -149,20 +239,22 @@ def test_s4d_fft_path_equals_recurrence(L):
     assert rel_err(y, ref) < 1e-4
 
 
-@pytest.mark.parametrize("L,chunk", [(1, None), (50, None), (257, None), (257, 16), (1000, 7)])
+@pytest.mark.parametrize("L,chunk", [(1, None), (50, None), (101, 8), (257, None), (257, 16), (1000, 7)])
 def test_chunked_kernel_equals_naive_vandermonde(L, chunk):
     gen = torch.Generator().manual_seed(0)
-    kernel = S4DKernel(5, d_state=16)
+    kernel = S4DKernel(5, N=16)
     randomise_(kernel, gen)
-    kernel.chunk = chunk
+    ref = naive_kernel(kernel, L)
     with torch.no_grad():
-        K = kernel(L)
-        ref = naive_kernel(kernel, L)
-    assert K.shape == (5, L) and K.dtype == torch.float32
-    assert rel_err(K, ref) < 1e-5
+        dtA, CB = kernel.discretize()
+        K = fast.vandermonde(CB, dtA, L, chunk)
+        with fast.disabled():
+            K_plain = kernel(L)  # the Vandermonde product as written in the paper
+    assert K.shape == K_plain.shape == (5, L) and K.dtype == K_plain.dtype == torch.float32
+    assert rel_err(K, ref) < 1e-5 and rel_err(K_plain, ref) < 1e-6
 
 
-def test_long_fft_convolution_does_not_wrap_around():
+def test_long_fft_convolution_does_not_wrap_around(path):
     # a slowly decaying kernel over L = 3000: circular convolution would leak the sequence end into its start
     gen = torch.Generator().manual_seed(1)
     layer = S4D(d_model=2, d_state=4)
@@ -177,7 +269,7 @@ def test_long_fft_convolution_does_not_wrap_around():
 
 
 @pytest.mark.parametrize("L", [1, 12, 37])
-def test_bidirectional_is_causal_plus_reversed_pass(L):
+def test_bidirectional_is_causal_plus_reversed_pass(L, path):
     gen = torch.Generator().manual_seed(3)
     layer = S4D(d_model=4, d_state=8, bidirectional=True)
     randomise_(layer.kernel, gen)
@@ -197,7 +289,7 @@ def test_bidirectional_is_causal_plus_reversed_pass(L):
 
 
 def reference_forward(model: Lyra, u: torch.Tensor) -> torch.Tensor:
-    """A plain float64 transcription of the authors' forward (lyra-notes 2.1-2.4), for comparison."""
+    """A plain float64 transcription of the authors' forward (arXiv 2503.16351), for comparison."""
     P = {k: v.detach().double() for k, v in model.state_dict().items()}
     u = u.double()
 
@@ -231,9 +323,75 @@ def test_forward_matches_plain_reference():
     u = torch.eye(20)[torch.randint(0, 20, (6, 57))]
     ref = reference_forward(model, u)
     with torch.no_grad():
-        fast = model(u)  # inference path: pieces, oneDNN linears, cached kernel
-    slow = model(u)  # autograd path
-    assert rel_err(fast, ref) < 1e-4 and rel_err(slow, ref) < 1e-4
+        inference = model(u)  # inference path: pieces, oneDNN linears, cached kernel
+        with fast.disabled():
+            plain = model(u)  # the paper's computation as written in the layers
+    autograd = model(u)
+    assert rel_err(inference, ref) < 1e-4 and rel_err(autograd, ref) < 1e-4 and rel_err(plain, ref) < 1e-5
+
+
+FAST_VS_PLAIN = [
+    dict(),
+    dict(bidirectional=True, n_s4d=2, kernel_size=5, pgc_expansions=(0.5, 2.0, 1.0), pooling="max"),
+    dict(token_level=True, bidirectional=True, dropout=0.1),
+    dict(prior_length=300, prior_sign=1, pooling="first"),
+]
+
+
+@pytest.mark.parametrize("kwargs", FAST_VS_PLAIN)
+def test_fast_paths_equal_the_plain_paper_path(kwargs, monkeypatch):
+    """Fast paths on (the default) and off give the same outputs and gradients, in eval and train mode."""
+    torch.manual_seed(0)
+    model = Lyra(d_input=4, d_model=8, d_state=4, **kwargs)
+    if model.config.prior_length:
+        model.prior_table.normal_()
+        model.prior_beta.data.fill_(0.5)
+    x = torch.randn(5, 300, 4)
+    mask = torch.ones(5, 300, dtype=torch.bool)
+    mask[1, 170:] = False
+    # small pieces, so that slices, windows and channel groups are all exercised
+    monkeypatch.setattr(fast, "SLICE_POSITIONS", 700)
+    monkeypatch.setattr(fast, "WINDOW", 64)
+
+    def run(mode: str, grad: bool):
+        model.train(mode == "train")
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks on both paths
+        with torch.set_grad_enabled(grad):
+            y = model(x, mask)
+        if not grad:
+            return y, {}
+        y.pow(2).sum().backward()
+        return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    # (train mode without autograd slices the batch, so its dropout masks are drawn per slice: not compared)
+    for mode, grad in (("eval", False), ("eval", True), ("train", True)):
+        y_fast, g_fast = run(mode, grad)
+        with fast.disabled():
+            y_plain, g_plain = run(mode, grad)
+        assert rel_err(y_fast, y_plain) < 1e-5, (mode, grad)
+        for name in g_plain:
+            assert rel_err(g_fast[name], g_plain[name]) < 1e-4, (mode, name)
+        assert not torch.equal(y_fast, torch.zeros_like(y_fast))
+
+
+def test_disabled_runs_no_fast_path(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a fast path ran with the fast paths disabled")
+
+    for name in ("vandermonde", "ssm_conv", "kernel_rfft", "depthwise_conv", "in_pieces", "local_in_windows",
+                 "along_length"):
+        monkeypatch.setattr(fast, name, refuse)
+    monkeypatch.setattr(fast, "ONEDNN_LINEAR", refuse)
+    torch.manual_seed(0)
+    model = Lyra(d_input=4, d_model=8, d_state=4, bidirectional=True).eval()
+    x = torch.randn(3, 40, 4)
+    with fast.disabled():
+        with torch.no_grad():
+            model(x)
+        model.train()(x).sum().backward()
+    with pytest.raises(AssertionError, match="fast path"):
+        model.eval()(x)  # and they do run by default
 
 
 @pytest.mark.parametrize(
@@ -281,7 +439,7 @@ def test_padding_does_not_change_output(kwargs):
     [dict(), dict(bidirectional=True, n_s4d=2, kernel_size=5, pgc_expansions=(0.5, 2.0, 1.0)),
      dict(token_level=True, pooling="max")],
 )
-def test_inference_pieces_equal_whole_batch(kwargs):
+def test_inference_pieces_equal_whole_batch(kwargs, monkeypatch):
     # without autograd the model runs in slices of sequences, PGC windows with halos, S4D channel groups
     torch.manual_seed(0)
     model = Lyra(d_input=4, d_model=8, d_state=4, **kwargs).eval()
@@ -291,24 +449,37 @@ def test_inference_pieces_equal_whole_batch(kwargs):
     mask[3, 40:] = False
     with torch.enable_grad():  # autograd on: one piece, no cache
         whole = model(x, mask)
+    calls = []
+    network = model.network
+    monkeypatch.setattr(model, "network", lambda u, m, w=None: calls.append((len(u), w)) or network(u, m, w))
     # slices of sequences, and windows along L (even narrower than the halo)
-    for chunk, window in ((10, 1), (64, 5), (100, 64), (700, 100), (3000, 8192)):
-        model.inference_chunk, model.inference_window = chunk, window
+    for positions, window in ((10, 1), (64, 5), (100, 64), (700, 100), (3000, 8192)):
+        monkeypatch.setattr(fast, "SLICE_POSITIONS", positions)
+        monkeypatch.setattr(fast, "WINDOW", window)
+        calls.clear()
         with torch.no_grad():
             torch.testing.assert_close(model(x, mask), whole, rtol=1e-4, atol=1e-5)
+        step = max(1, positions // 300)  # sequences per slice
+        expect_window = window if 300 > 2 * window else None
+        assert calls == [(min(step, 5 - i), expect_window) for i in range(0, 5, step)], (positions, window)
 
 
-def test_onednn_linear_matches_torch_linear():
+def test_onednn_linear_matches_torch_linear(monkeypatch):
     torch.manual_seed(0)
-    lin = Linear(64, 96)
+    lin = fast.Linear(64, 96)
     x = torch.randn(3, 50, 64)
     xt = torch.randn(3, 64, 50).transpose(1, 2)  # strided input, as in the S4D output stage
+    calls = []
+    if fast.ONEDNN_LINEAR is not None:
+        op = fast.ONEDNN_LINEAR
+        monkeypatch.setattr(fast, "ONEDNN_LINEAR", lambda *a: calls.append(1) or op(*a))
     with torch.no_grad():
         for inp in (x, xt):
             torch.testing.assert_close(lin(inp), torch.nn.functional.linear(inp, lin.weight, lin.bias))
+    assert len(calls) == (2 if fast.ONEDNN_LINEAR is not None else 0)
     y = lin(x)  # with autograd: torch's path, gradients flow
     y.sum().backward()
-    assert lin.weight.grad is not None
+    assert lin.weight.grad is not None and len(calls) in (0, 2)
 
 
 def test_gradients_reach_every_parameter():
@@ -378,9 +549,10 @@ def test_eval_kernel_cache_used_and_invalidated(monkeypatch):
         model(x)
     assert calls == [10, 12]
 
-    assert set(layer._cache) == {(10, fft_size(20)), (12, fft_size(24))}  # several lengths stay cached
-    model.train()
-    assert not layer._cache
+    assert set(fast.kernel_cache(layer)) == {(10, fast.fft_size(20)), (12, fast.fft_size(24))}  # several lengths
+    with torch.no_grad():
+        model.train()(x)  # training frees the cache
+    assert not fast.kernel_cache(layer)
     model.eval()
     # an optimiser step changes the kernel parameters in place: the cache must notice
     opt = torch.optim.SGD(model.parameters(), lr=0.5)

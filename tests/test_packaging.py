@@ -21,7 +21,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"pytorch": "torch"}  # conda package -> PyPI distribution, where they differ
+# conda package -> PyPI distribution, where they differ
+CONDA_NAMES = {"pytorch": "torch", "matplotlib-base": "matplotlib", "snakemake-minimal": "snakemake"}
 
 
 def pyproject() -> dict:
@@ -99,25 +100,35 @@ def conda_dependencies() -> dict[str, str]:
     out = {}
     for entry in entries:
         name, spec = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(.*)", entry.strip()).groups()
-        out[canonicalize_name(CONDA_NAMES.get(name, name))] = spec.replace(" ", "")
+        out[canonicalize_name(CONDA_NAMES.get(name, name))] = spec.replace(" ", "").lstrip("=")
     return out
 
 
-def test_conda_env_lists_the_same_packages():
-    """Each requirement of pyproject.toml (dependencies and the workflow extra) is in envs/lyra.yaml with
-    the same constraint; conda has no extras, so a requirement's extras are listed as their packages."""
+def test_conda_env_pins_every_requirement_within_its_range():
+    """Each requirement of pyproject.toml (dependencies, the workflow and test extras) is pinned in
+    envs/lyra.yaml to one version inside pyproject's range; conda has no extras, so a requirement's
+    extras are listed as their packages."""
     pytest.importorskip("snakemake")  # its installed metadata says what snakemake[reports] adds
     conda = conda_dependencies()
     expected = {}
-    for req in requirements() + requirements("workflow"):
-        expected[canonicalize_name(req.name)] = str(req.specifier)
+    for req in requirements() + requirements("workflow") + requirements("test"):
+        expected[canonicalize_name(req.name)] = SpecifierSet(str(req.specifier))
         for extra_req in requires_of(req.name, set(req.extras)) if req.extras else []:
             if extra_req.marker is not None:  # only what the extra adds
-                expected[canonicalize_name(extra_req.name)] = str(extra_req.specifier)
-    wrong = {name: (spec, conda.get(name)) for name, spec in expected.items()
-             if name not in conda or SpecifierSet(conda[name]) != SpecifierSet(spec)}
-    assert not wrong, f"envs/lyra.yaml differs from pyproject.toml (name: (pyproject, conda)): {wrong}"
-    assert "pygments" in expected
+                expected[canonicalize_name(extra_req.name)] = SpecifierSet(str(extra_req.specifier))
+    unpinned = {name: conda.get(name) for name in expected if not re.fullmatch(r"\d+(\.\d+)*(\.post\d+)?", conda.get(name) or "")}
+    assert not unpinned, f"envs/lyra.yaml: not pinned to one version: {unpinned}"
+    outside = {name: (str(spec), conda[name]) for name, spec in expected.items() if conda[name] not in spec}
+    assert not outside, f"envs/lyra.yaml pins outside pyproject.toml's ranges (name: (pyproject, conda)): {outside}"
+    assert "pygments" in expected and "scikit-learn" in expected
+
+
+def test_conda_env_installs_this_checkout():
+    """Snakemake runs envs/lyra.post-deploy.sh in each new environment: it must install the project, so
+    the rules' `lyra` is this workflow's code."""
+    script = (REPO / "envs" / "lyra.post-deploy.sh").read_text()
+    assert re.search(r"pip install [^\n]*-e \.", script)
+    assert os.access(REPO / "envs" / "lyra.post-deploy.sh", os.X_OK)
 
 
 @pytest.mark.slow

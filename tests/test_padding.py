@@ -9,10 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lyra.data.dataset import DataConfig, load_dataset, prepare_dataset
+from lyra.data.config import DataConfig
+from lyra.data.dataset import load_dataset
+from prepared import prepare
 from lyra.errors import ConfigError, DataError
 from lyra.design.library import LibraryConfig, iter_library, library_size
-from lyra.design.rank import score_shard
+from lyra.design.scoring import score_shard
 
 ALL_TRAIN = {"fractions": {"train": 1.0}, "valid_fraction": 0}
 PADDED = [  # width 12, padded on the right and sometimes on the left
@@ -34,7 +36,7 @@ def data(path, **kw) -> dict:
 
 def test_padded_table_is_stripped_at_both_ends(tmp_path):
     table = write(tmp_path / "cdr3.csv", PADDED)
-    ds = load_dataset(prepare_dataset(data(table, padding="J"), ALL_TRAIN, tmp_path / "out"))
+    ds = load_dataset(prepare(data(table, padding="J"), ALL_TRAIN, tmp_path / "out"))
     assert ds.frame["sequence"].tolist() == ["AAYDYWFDY", "ARDSYDYYA", "AIDHSSSY", "AAPASSDDYFDY"]
     assert not ds.frame["sequence"].str.contains("J").any()
     assert ds.meta["data_config"]["padding"] == "J"
@@ -42,14 +44,14 @@ def test_padded_table_is_stripped_at_both_ends(tmp_path):
 
 def test_padding_is_compared_after_uppercasing(tmp_path):
     table = write(tmp_path / "cdr3.csv", [("jjaaydywfdyj", 1.0), ("ARDSYDYYAJJJ", 0.5)])
-    ds = load_dataset(prepare_dataset(data(table, padding="j"), ALL_TRAIN, tmp_path / "out"))
+    ds = load_dataset(prepare(data(table, padding="j"), ALL_TRAIN, tmp_path / "out"))
     assert ds.frame["sequence"].tolist() == ["AAYDYWFDY", "ARDSYDYYA"]
 
 
 def test_padding_inside_a_sequence_is_a_one_line_error_with_the_row(tmp_path):
     table = write(tmp_path / "cdr3.csv", PADDED[:2] + [("JJAAIJHSSSYJ", 0.3)])
     with pytest.raises(DataError) as e:
-        prepare_dataset(data(table, padding="J"), ALL_TRAIN, tmp_path / "out")
+        prepare(data(table, padding="J"), ALL_TRAIN, tmp_path / "out")
     message = str(e.value)
     assert "\n" not in message
     assert str(table) in message and "row 4" in message
@@ -60,21 +62,21 @@ def test_padding_inside_a_sequence_is_a_one_line_error_with_the_row(tmp_path):
 def test_a_row_of_padding_only_is_an_error(tmp_path):
     table = write(tmp_path / "cdr3.csv", PADDED[:2] + [("JJJJJJJJJJJJ", 0.3)])
     with pytest.raises(DataError, match=r"row 4: column 'CDR3': the sequence is only padding"):
-        prepare_dataset(data(table, padding="J"), ALL_TRAIN, tmp_path / "out")
+        prepare(data(table, padding="J"), ALL_TRAIN, tmp_path / "out")
 
 
 def test_equal_length_checks_the_padded_width(tmp_path):
     table = write(tmp_path / "cdr3.csv", PADDED + [("AAYDYJJ", 0.0)])
     with pytest.raises(DataError, match=r"row 6: padded width 7 differs .* width 12 .*data.equal_length: false"):
-        prepare_dataset(data(table, padding="J"), ALL_TRAIN, tmp_path / "out")
-    ds = load_dataset(prepare_dataset(data(table, padding="J", equal_length=False), ALL_TRAIN, tmp_path / "out"))
+        prepare(data(table, padding="J"), ALL_TRAIN, tmp_path / "out")
+    ds = load_dataset(prepare(data(table, padding="J", equal_length=False), ALL_TRAIN, tmp_path / "out"))
     assert "AAYDY" in set(ds.frame["sequence"])
 
 
 def test_without_the_key_the_error_hints_at_it(tmp_path):
     table = write(tmp_path / "cdr3.csv", PADDED)
     with pytest.raises(DataError) as e:
-        prepare_dataset(data(table), ALL_TRAIN, tmp_path / "out")
+        prepare(data(table), ALL_TRAIN, tmp_path / "out")
     message = str(e.value)
     assert "row 2" in message and "character 'J' at position 1 is not in the protein alphabet" in message
     assert "set data.padding: J" in message
@@ -83,7 +85,7 @@ def test_without_the_key_the_error_hints_at_it(tmp_path):
 def test_no_hint_for_a_letter_inside_the_sequence(tmp_path):
     table = write(tmp_path / "cdr3.csv", [("AAYDJWFDYAAA", 1.0)])
     with pytest.raises(DataError) as e:
-        prepare_dataset(data(table), ALL_TRAIN, tmp_path / "out")
+        prepare(data(table), ALL_TRAIN, tmp_path / "out")
     assert "data.padding" not in str(e.value)
 
 
@@ -127,10 +129,10 @@ def test_padded_file_library_streams_unpadded_sequences(tmp_path):
 
 
 def test_padded_file_library_scores_without_a_wild_type(checkpoint, tmp_path):
-    from lyra.learn.train import load_checkpoint, predict_sequences
+    from lyra.learn.checkpoints import load_checkpoint, predict_sequences
 
     table = write(tmp_path / "cdr3.csv", PADDED[:2])
-    measured = load_dataset(prepare_dataset(data(table, padding="J"), ALL_TRAIN, tmp_path / "ds"))
+    measured = load_dataset(prepare(data(table, padding="J"), ALL_TRAIN, tmp_path / "ds"))
     lib_path = write(tmp_path / "candidates.csv", [(s,) for s, _ in PADDED])
     out = score_shard([checkpoint], LibraryConfig(kind="file", path=str(lib_path)), None, 1, "protein", 0, 1,
                       tmp_path / "scores.parquet", exclude=measured.frame["sequence"].tolist(), progress=False,

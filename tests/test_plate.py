@@ -31,7 +31,7 @@ def test_wells_in_column_and_row_order():
 
 @pytest.mark.parametrize("fill", ["column", "row"])
 def test_picks_fill_in_rank_order_and_controls_take_the_last_wells(fill):
-    cfg = PlateConfig(plate=96, fill=fill, controls=[{"variant": "WT", "wells": 2}, {"variant": "y5f:t3a"}])
+    cfg = PlateConfig.from_rank({"plate": 96, "fill": fill, "controls": [{"variant": "WT", "wells": 2}, {"variant": "y5f:t3a"}]})
     controls = cfg.resolve_controls(WT)
     assert [(c.variant_id, c.mutations, c.wells) for c in controls] == [("WT", "", 2), ("T3A:Y5F", "T3A:Y5F", 1)]
     table = plate_map(picks(10), cfg, controls)
@@ -50,7 +50,7 @@ def test_picks_fill_in_rank_order_and_controls_take_the_last_wells(fill):
 
 
 def test_more_picks_than_wells_go_on_further_plates_each_with_its_controls():
-    cfg = PlateConfig(plate=96, controls=[{"variant": "WT", "wells": 2}])
+    cfg = PlateConfig.from_rank({"plate": 96, "controls": [{"variant": "WT", "wells": 2}]})
     table = plate_map(picks(200), cfg, cfg.resolve_controls(WT))
     assert sorted(set(table["plate"])) == [1, 2, 3] and len(table) == 3 * 96
     for p in (1, 2, 3):
@@ -64,14 +64,14 @@ def test_more_picks_than_wells_go_on_further_plates_each_with_its_controls():
     # exactly full: no third plate
     assert set(plate_map(picks(188), cfg, cfg.resolve_controls(WT))["plate"]) == {1, 2}
     # no controls: a 384-well plate holds 384 picks
-    big = plate_map(picks(300), PlateConfig(plate=384, fill="row"))
+    big = plate_map(picks(300), PlateConfig.from_rank({"plate": 384, "fill": "row"}))
     assert set(big["plate"]) == {1} and (big["content"] == "empty").sum() == 84 and big["well"].iloc[-1] == "P24"
 
 
 def test_written_plate_keeps_blank_ranks(tmp_path):
     from lyra.design.plate import write_plate
 
-    cfg = PlateConfig(controls=[{"variant": "WT", "wells": 1}])
+    cfg = PlateConfig.from_rank({"controls": [{"variant": "WT", "wells": 1}]})
     path = write_plate(plate_map(picks(2), cfg, cfg.resolve_controls(WT)), tmp_path / "plate.csv")
     lines = path.read_text().splitlines()
     assert lines[0] == "plate,well,row,column,content,rank,variant_id,mutations"
@@ -80,25 +80,29 @@ def test_written_plate_keeps_blank_ranks(tmp_path):
 
 
 def test_control_settings_are_checked():
-    with pytest.raises(ConfigError, match=r"rank.plate: must be one of \[96, 384\]"):
-        PlateConfig(plate=100)
-    with pytest.raises(ConfigError, match="rank.fill"):
-        PlateConfig(fill="diagonal")
+    with pytest.raises(ConfigError, match=r"'rank.plate': 100 is not one of \[96, 384\]"):
+        PlateConfig.from_rank({"plate": 100})
+    with pytest.raises(ConfigError, match="'rank.fill'"):
+        PlateConfig.from_rank({"fill": "diagonal"})
+    with pytest.raises(ConfigError, match=r"'rank.controls.0.wells': 0 is less than the minimum of 1"):
+        PlateConfig.from_rank({"controls": [{"variant": "WT", "wells": 0}]})
+    with pytest.raises(ConfigError, match=r"'rank.controls.0.variant'"):
+        PlateConfig.from_rank({"controls": [{"variant": " "}]})
     with pytest.raises(ConfigError, match="96 control wells leave no well"):
-        PlateConfig(controls=[{"variant": "WT", "wells": 96}])
+        PlateConfig.from_rank({"controls": [{"variant": "WT", "wells": 96}]})
     with pytest.raises(ConfigError, match=r"rank.controls\[0\].variant: mutation K3A: the wild type has T at position 3"):
-        PlateConfig(controls=[{"variant": "K3A"}]).resolve_controls(WT)
+        PlateConfig.from_rank({"controls": [{"variant": "K3A"}]}).resolve_controls(WT)
     with pytest.raises(ConfigError, match=r"rank.controls\[1\]: WT is listed twice"):
-        PlateConfig(controls=[{"variant": "WT"}, {"variant": "wt"}]).resolve_controls(WT)
+        PlateConfig.from_rank({"controls": [{"variant": "WT"}, {"variant": "wt"}]}).resolve_controls(WT)
     with pytest.raises(ConfigError, match="needs the wild type"):
-        PlateConfig(controls=[{"variant": "WT"}]).resolve_controls(None)
+        PlateConfig.from_rank({"controls": [{"variant": "WT"}]}).resolve_controls(None)
 
 
 @pytest.mark.parametrize("plate, n", [(96, 100), (384, 30)])
 def test_plate_picture(tmp_path, plate, n):
-    from lyra.report.report import plot_plate
+    from lyra.report.figures import plot_plate
 
-    cfg = PlateConfig(plate=plate, controls=[{"variant": "WT", "wells": 2}])
+    cfg = PlateConfig.from_rank({"plate": plate, "controls": [{"variant": "WT", "wells": 2}]})
     out = plot_plate(plate_map(picks(n), cfg, cfg.resolve_controls(WT)), tmp_path / "plate.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,8 @@ from lyra.data.alphabet import get_alphabet
 from lyra.errors import ConfigError, DataError
 from lyra.model.lyra import Lyra
 from lyra.design.prior import fit_prior, locate_focus, mutant_tables, prior_table, read_a2m
-from lyra.learn.train import TrainConfig, load_checkpoint, predict_sequences, train_model
+from lyra.learn.checkpoints import load_checkpoint, predict_sequences
+from lyra.learn.train import TrainConfig, train_model
 
 AA = get_alphabet("protein").letters
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -179,7 +180,7 @@ def test_training_with_a_prior_round_trips_through_the_checkpoint(tmp_path):
     raw = table[np.arange(len(WT)), tokens].sum(1)
     assert float(model.prior_mu) == pytest.approx(raw.mean(), rel=1e-5)
     assert float(model.prior_beta.detach()) > 0.05  # the data agree with the family: the prior is used, with the right sign
-    from lyra.learn.train import evaluate_ensemble
+    from lyra.learn.evaluate import evaluate_ensemble
 
     metrics = evaluate_ensemble([out.checkpoint_path], frame, meta)
     assert metrics["per_seed"][0]["prior_beta"] == [pytest.approx(float(model.prior_beta.detach()))]
@@ -195,7 +196,7 @@ def test_training_with_a_prior_round_trips_through_the_checkpoint(tmp_path):
 def test_prior_sign_stops_contrary_training_variants_from_inverting_the_prior(tmp_path):
     """Training variants that contradict the family (fitness = minus the first test's) invert a free
     beta; prior.sign: positive keeps it >= 0, and metrics.json reports the weight actually used."""
-    from lyra.learn.train import evaluate_ensemble
+    from lyra.learn.evaluate import evaluate_ensemble
 
     torch.set_num_threads(1)
     table = prior_table({"msa": str(write_a2m(tmp_path / "f.a2m", WT, homologs()))}, WT, AA)
@@ -215,7 +216,7 @@ def test_prior_sign_stops_contrary_training_variants_from_inverting_the_prior(tm
 
 def test_campaign_config_checks_the_alignment(tmp_path):
     from lyra.campaign.config import resolve_config
-    from lyra.campaign.pipeline import check_campaign
+    from lyra.campaign.checks import check_campaign
 
     root = Path(__file__).resolve().parents[1]
     raw = yaml.safe_load((root / "config" / "config.yaml").read_text())
@@ -231,7 +232,7 @@ def test_campaign_config_checks_the_alignment(tmp_path):
     with pytest.raises(ConfigError, match="prior.model"):
         resolve_config({**raw, "prior": {"msa": "x", "model": "esm"}}, base_dir=root)
     # prior.sign reaches the model config of tuning and training, and only with an alignment
-    from lyra.campaign.pipeline import model_params
+    from lyra.campaign.settings import model_params
 
     assert config["prior"]["sign"] == "learn" and model_params(config, {"d_model": 8})["prior_sign"] == 0
     signed = resolve_config({**raw, "prior": {"msa": "x.a2m", "sign": "negative"}}, base_dir=root)
@@ -263,7 +264,7 @@ def test_campaign_with_a_prior_runs_every_stage(tmp_path, monkeypatch):
     import json
 
     from lyra.campaign.config import load_config
-    from lyra.campaign.pipeline import run_campaign
+    from lyra.campaign.run import run_campaign
     from lyra.data.variants import read_wild_type
 
     root = Path(__file__).resolve().parents[1]

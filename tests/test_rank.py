@@ -14,7 +14,8 @@ import torch
 
 from lyra.errors import ConfigError, DataError
 from lyra.design.library import LibraryConfig, library_size
-from lyra.design.rank import RankConfig, _score_schema, gather_scores, rank_variants, score_shard, write_ranking
+from lyra.design.rank import RankConfig, rank_variants, write_ranking
+from lyra.design.scoring import gather_scores, score_schema, score_shard
 
 WT = "MKTAYIAKQRQISFVKSHFS"  # 20 aa
 SITES = {3: "TAGW", 5: "YFLH", 8: "KRE", 12: "IVL"}  # 4 * 4 * 3 * 3 = 144 combinations
@@ -54,7 +55,7 @@ def score_all(checkpoints, out_dir: Path, n_shards=3, exclude=None, **kw) -> lis
 
 
 def test_score_shard_schema_and_ensemble_statistics(checkpoints, tmp_path):
-    from lyra.learn.train import load_checkpoint, predict_sequences
+    from lyra.learn.checkpoints import load_checkpoint, predict_sequences
 
     path = score_shard(checkpoints, library(), WT, 1, "protein", 0, 1, tmp_path / "s.parquet",
                        write_sequences=True, exclude=["T3A:Y5F"], progress=False)
@@ -104,7 +105,7 @@ def write_scores(path: Path, mutations: list[str], mean, std) -> Path:
     n = len(mutations)
     meta = {"wild_type": WT, "first_position": 1, "alphabet": "protein", "library": {}, "checkpoints": [],
             "space": n, "n_shards": 1, "shard": 0, "index_range": [0, n]}
-    schema = _score_schema(2, False, meta)
+    schema = score_schema(2, False, meta)
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     table = pa.Table.from_pydict({
         "index": np.arange(n), "variant_id": [m or "WT" for m in mutations], "mutations": mutations,
@@ -184,13 +185,19 @@ def test_ranking_files_are_byte_identical_on_rerun(tmp_path):
 
 
 def test_rank_config_validation():
-    with pytest.raises(ConfigError, match="rank.stratgy: unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'rank.stratgy' \(did you mean 'rank.strategy'\?\)"):
         RankConfig.from_dict({"stratgy": "ucb"})
-    with pytest.raises(ConfigError, match="rank.diversity.max_per_mutaton: unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'rank.diversity.max_per_mutaton' \(did you mean"):
         RankConfig.from_dict({"diversity": {"max_per_mutaton": 2}})
-    with pytest.raises(ConfigError, match="rank.strategy"):
+    with pytest.raises(ConfigError, match=r"'rank.strategy': 'thompson' is not one of \['mean', 'ucb'\]"):
         RankConfig(strategy="thompson")
-    assert RankConfig.from_dict({"diversity": {"min_hamming": 2}}).diversity["max_per_mutation"] is None
+    with pytest.raises(ConfigError, match=r"'rank.diversity.min_hamming': 0 is less than the minimum of 1"):
+        RankConfig(diversity={"min_hamming": 0})
+    with pytest.raises(ConfigError, match=r"'rank.pool_factor': 0 is less than the minimum of 1"):
+        RankConfig(pool_factor=0)
+    cfg = RankConfig.from_dict({"diversity": {"min_hamming": 2}})
+    assert cfg.diversity == {"max_per_mutation": None, "min_hamming": 2, "max_per_position": None}
+    assert (cfg.strategy, cfg.kappa, cfg.top_n, cfg.pool_factor, cfg.allow_fewer) == ("ucb", 1.0, 96, 50, False)
 
 
 def test_end_to_end_ranking_from_scored_shards(checkpoints, tmp_path):

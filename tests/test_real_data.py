@@ -1,6 +1,8 @@
-"""The data layer on the public datasets in ../shared/data: published split sizes are reproduced exactly.
+"""The data layer on public datasets: published split sizes are reproduced exactly.
 
-Skipped when ../shared/data is missing. Sizes below are from /work/shared/data/README.md.
+The tests that read ../shared/data take the `data` fixture and skip where it is missing; the CR6261
+landscape also ships in the `ewht` package, so its test always runs. Sizes below are from
+/work/shared/data/README.md.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lyra.data.dataset import demo_data_path, load_dataset, prepare_dataset, read_table
+from lyra.data.dataset import load_dataset
+from prepared import prepare
+from lyra.data.readers import demo_data_path, read_table
 from lyra.data.variants import apply_mutations, parse_mutations, read_wild_type
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not found")
 
 GB1_SITES = (39, 40, 41, 54)  # the four randomised sites of Wu et al. 2016, 1-based on the 56-aa domain
 FLIP_SIZES = {  # split: (train incl. validation, test, validation)
@@ -41,9 +44,17 @@ def counts(ds) -> dict:
 
 
 @pytest.fixture(scope="module")
-def flip_dir(tmp_path_factory) -> Path:
+def data() -> Path:
+    """../shared/data, for the tests that read it (they skip where it is missing)."""
+    if not DATA.is_dir():
+        pytest.skip(f"{DATA} not found")
+    return DATA
+
+
+@pytest.fixture(scope="module")
+def flip_dir(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("flip")
-    with zipfile.ZipFile(DATA / "gb1_flip" / "splits.zip") as z:
+    with zipfile.ZipFile(data / "gb1_flip" / "splits.zip") as z:
         for name in FLIP_SIZES:
             (out / f"{name}.csv").write_bytes(z.read(f"splits/{name}.csv"))
     return out
@@ -54,15 +65,15 @@ def flip_data(flip_dir: Path, name: str) -> dict:
             "wild_type": str(DATA / "gb1_flip" / "5LDE_1.fasta")}
 
 
-def test_gb1_four_site(tmp_path):
-    wt = read_wild_type(str(DATA / "gb1_wu2016" / "2GI9.fasta"))
+def test_gb1_four_site(data, tmp_path):
+    wt = read_wild_type(str(data / "gb1_wu2016" / "2GI9.fasta"))
     assert len(wt) == 56
-    raw = read_table(DATA / "gb1_wu2016" / "Gb1Dataset.csv")  # UTF-8 with BOM
+    raw = read_table(data / "gb1_wu2016" / "Gb1Dataset.csv")  # UTF-8 with BOM
     assert list(raw.columns[:2]) == ["Variants", "HD"]
     table = pd.DataFrame({"mutations": gb1_four_site_to_mutations(raw.Variants, wt), "fitness": raw.Fitness.to_numpy(),
                           "variant": raw.Variants.to_numpy()})
     table.to_csv(tmp_path / "gb1.csv", index=False)
-    prepare_dataset({"path": str(tmp_path / "gb1.csv"), "mutations_column": "mutations", "wild_type": wt,
+    prepare({"path": str(tmp_path / "gb1.csv"), "mutations_column": "mutations", "wild_type": wt,
                      "target_column": "fitness", "id_column": "variant"},
                     {"method": "n_mutations", "max_train_mutations": 2}, tmp_path / "out")
     ds = load_dataset(tmp_path / "out" / "dataset.parquet")
@@ -74,14 +85,14 @@ def test_gb1_four_site(tmp_path):
     assert f.fitness.max() == pytest.approx(8.76, abs=0.01) and f.variant_id[f.fitness.idxmax()] == "FWAA"
     assert (f.fitness > 1.0).sum() == 3643
     # the sequences agree with the derived 56-aa table shipped beside it
-    derived = pd.read_csv(DATA / "gb1_wu2016" / "gb1_4site_56aa_with_flip_splits.csv.gz", usecols=["Variants", "sequence_56aa"])
+    derived = pd.read_csv(data / "gb1_wu2016" / "gb1_4site_56aa_with_flip_splits.csv.gz", usecols=["Variants", "sequence_56aa"])
     assert dict(zip(f.variant_id, f.sequence)) == dict(zip(derived.Variants, derived.sequence_56aa))
 
 
 @pytest.mark.parametrize("name", list(FLIP_SIZES))
 def test_flip_gb1_column_split(flip_dir, tmp_path, name):
     split = {"method": "column", "column": "set", "valid_column": "validation"}
-    prepare_dataset(flip_data(flip_dir, name), split, tmp_path)
+    prepare(flip_data(flip_dir, name), split, tmp_path)
     ds = load_dataset(tmp_path / "dataset.parquet")
     train, test, valid = FLIP_SIZES[name]
     assert counts(ds) == {"train": train - valid, "valid": valid, "test": test}
@@ -89,12 +100,12 @@ def test_flip_gb1_column_split(flip_dir, tmp_path, name):
     assert ds.frame.n_mutations.max() == 4  # only the four GB1 sites vary
 
 
-def test_flip_gb1_fasta_headers(tmp_path):
+def test_flip_gb1_fasta_headers(data, tmp_path):
     # FLIP's FASTA release: ">Sequence0 TARGET=1.0 SET=train VALIDATION=False"
-    with zipfile.ZipFile(DATA / "gb1_flip" / "splits.zip") as z:
+    with zipfile.ZipFile(data / "gb1_flip" / "splits.zip") as z:
         (tmp_path / "sampled.fasta").write_bytes(z.read("splits/sampled.fasta"))
-    data = {"path": str(tmp_path / "sampled.fasta"), "target_column": "fitness", "fasta_label_key": "TARGET"}
-    prepare_dataset(data, {"method": "column", "column": "SET", "valid_column": "VALIDATION"}, tmp_path / "out")
+    cfg = {"path": str(tmp_path / "sampled.fasta"), "target_column": "fitness", "fasta_label_key": "TARGET"}
+    prepare(cfg, {"method": "column", "column": "SET", "valid_column": "VALIDATION"}, tmp_path / "out")
     ds = load_dataset(tmp_path / "out" / "dataset.parquet")
     assert counts(ds) == {"train": 6988 - 699, "valid": 699, "test": 1745}
     assert ds.frame.variant_id.iloc[0] == "Sequence0" and ds.targets == ["fitness"]
@@ -102,7 +113,7 @@ def test_flip_gb1_fasta_headers(tmp_path):
 
 @pytest.mark.parametrize("k, name", [(1, "one_vs_rest"), (2, "two_vs_rest"), (3, "three_vs_rest")])
 def test_flip_n_vs_rest_from_n_mutations(flip_dir, tmp_path, k, name):
-    prepare_dataset(flip_data(flip_dir, name), {"method": "n_mutations", "max_train_mutations": k}, tmp_path)
+    prepare(flip_data(flip_dir, name), {"method": "n_mutations", "max_train_mutations": k}, tmp_path)
     ds = load_dataset(tmp_path / "dataset.parquet")
     flip = pd.read_csv(flip_dir / f"{name}.csv")
     mine = dict(zip(ds.frame.sequence, ds.frame.split.replace({"valid": "train"})))
@@ -115,7 +126,7 @@ def test_flip_n_vs_rest_from_n_mutations(flip_dir, tmp_path, k, name):
 
 def test_flip_low_vs_high_from_threshold(flip_dir, tmp_path):
     # FLIP: "train = fitness below WT"; the WT itself (fitness 1.0) is a test variant
-    prepare_dataset(flip_data(flip_dir, "low_vs_high"), {"method": "threshold"}, tmp_path)
+    prepare(flip_data(flip_dir, "low_vs_high"), {"method": "threshold"}, tmp_path)
     ds = load_dataset(tmp_path / "dataset.parquet")
     assert ds.meta["split_info"]["threshold"] == 1.0
     flip = pd.read_csv(flip_dir / "low_vs_high.csv")
@@ -125,13 +136,13 @@ def test_flip_low_vs_high_from_threshold(flip_dir, tmp_path):
     assert (c["train"] + c["valid"], c["test"]) == (5089, 3644)
 
 
-def test_gfp_metl_standard_split(tmp_path):
-    gfp = DATA / "gfp_sarkisyan2016"
+def test_gfp_metl_standard_split(data, tmp_path):
+    gfp = data / "gfp_sarkisyan2016"
     (standard,) = (gfp / "metl_splits" / "standard").iterdir()
     split = {"method": "index_files",
              "index_files": {"train": str(standard / "train.txt"), "valid": str(standard / "val.txt"),
                              "test": str(standard / "test.txt")}}
-    prepare_dataset({"path": str(gfp / "avgfp.tsv"), "mutations_column": "variant", "first_position": 0,
+    prepare({"path": str(gfp / "avgfp.tsv"), "mutations_column": "variant", "first_position": 0,
                      "wild_type": str(gfp / "avgfp_wt.fasta"), "target_column": "score"}, split, tmp_path)
     ds = load_dataset(tmp_path / "dataset.parquet")
     assert counts(ds) == {"train": 37_232, "valid": 4_655, "test": 4_655}
@@ -147,14 +158,19 @@ def test_gfp_metl_standard_split(tmp_path):
 
 
 def test_cr6261_round_trip(tmp_path):
-    path = DATA / "cr6261_phillips2021" / "cr6261_h1_mean.csv"
+    path = demo_data_path()  # the package's copy: needs nothing from ../shared
     src = pd.read_csv(path)
     wt = src.loc[src.mutant == "WT", "mutated_sequence"].item()
     for mutant, seq in zip(src.mutant, src.mutated_sequence):
         assert apply_mutations(wt, parse_mutations(mutant, wt)) == seq, mutant
     # prepare_dataset checks the same thing when given both columns, and keeps all 2^11 variants
-    prepare_dataset({"path": str(path), "mutations_column": "mutant", "sequence_column": "mutated_sequence",
+    prepare({"path": str(path), "mutations_column": "mutant", "sequence_column": "mutated_sequence",
                      "wild_type": wt, "target_column": "fitness"}, {"method": "random"}, tmp_path)
     ds = load_dataset(tmp_path / "dataset.parquet")
     assert len(ds.frame) == 2048 and ds.frame.n_mutations.value_counts()[11] == 1
-    assert hashlib.sha256(demo_data_path().read_bytes()).hexdigest() == ds.meta["source_sha256"]
+    assert ds.meta["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_demo_data_is_the_published_cr6261_table(data):
+    shared = data / "cr6261_phillips2021" / "cr6261_h1_mean.csv"
+    assert hashlib.sha256(demo_data_path().read_bytes()).digest() == hashlib.sha256(shared.read_bytes()).digest()

@@ -19,8 +19,14 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from lyra.report import report as R  # noqa: E402
-from lyra.learn.train import TrainConfig, load_checkpoint, predict_sequences, train_model  # noqa: E402
+from lyra.campaign.layout import FIGURES, TABLES, Layout  # noqa: E402
+from lyra.cli import main as lyra_main  # noqa: E402
+from lyra.errors import ConfigError  # noqa: E402
+from lyra.report.epistasis import pick_mutations, predicted_epistasis, top_positions  # noqa: E402
+from lyra.report.figures import plot_test_predictions, write_top_markdown  # noqa: E402
+from lyra.report.report import ReportConfig, make_report, report_files  # noqa: E402
+from lyra.learn.checkpoints import load_checkpoint, predict_sequences  # noqa: E402
+from lyra.learn.train import TrainConfig, train_model  # noqa: E402
 from lyra.data.variants import Mutation, apply_mutations, format_mutations  # noqa: E402
 
 WT = "MKTAYIAKQRQISFVKSHFS"  # 20 residues, numbered from 1
@@ -65,7 +71,7 @@ def _tuning(root: Path) -> None:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from lyra.tune.study import param_importances, trials_table
+    from lyra.tune.collect import param_importances, trials_table
 
     journal = root / "tune" / "journal.log"
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +107,7 @@ def _library(root: Path, models: list[Path]) -> None:
         .to_csv(root / "ranking.csv", index=False)
     from lyra.design.plate import PlateConfig, plate_map, write_plate
 
-    plate = PlateConfig(controls=[{"variant": "WT", "wells": 2}])
+    plate = PlateConfig.from_rank({"controls": [{"variant": "WT", "wells": 2}]})
     write_plate(plate_map(picks, plate, plate.resolve_controls(WT)), root / "plate.csv")
 
 
@@ -116,7 +122,7 @@ def build_campaign(root: Path) -> Path:
         path = root / "models" / f"seed{k}.pt"
         train_model(frame, meta, TINY_MODEL, cfg, seed=k, checkpoint_path=path)
         models.append(path)
-    from lyra.learn.train import write_metrics
+    from lyra.learn.evaluate import write_metrics
 
     write_metrics(root / "models" / "metrics.json", models, frame, meta)
     _tuning(root)
@@ -130,10 +136,10 @@ def campaign(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report_dir(campaign) -> Path:
-    out = campaign / "report"
-    R.make_report(campaign, out, {"report": {"epistasis_positions": 4}})
-    return out
+def reported(campaign) -> Layout:
+    """The campaign, its report written into its own report folder."""
+    make_report(campaign, {"report": {"epistasis_positions": 4}})
+    return Layout(campaign)
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -143,17 +149,17 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_every_figure_is_a_png(report_dir):
-    for name in R.FIGURES.values():
-        w, h = _png_size(report_dir / name)
+def test_every_figure_is_a_png(reported):
+    for name in FIGURES:
+        w, h = _png_size(reported.figure(name))
         assert w >= 400 and h >= 200, f"{name}: {w}x{h}"
     # real figures, not the 'not available' panel (840x312 at 120 dpi)
-    for name in R.FIGURES.values():
-        assert _png_size(report_dir / name) != (840, 312), f"{name} says 'not available'"
+    for name in FIGURES:
+        assert _png_size(reported.figure(name)) != (840, 312), f"{name} says 'not available'"
 
 
-def test_tables(report_dir, campaign):
-    md = (report_dir / "top_n.md").read_text().splitlines()
+def test_tables(reported, campaign):
+    md = reported.table("top_n").read_text().splitlines()
     table = md[md.index(next(line for line in md if line.startswith("|"))):]  # after any warning block
     ranking = pd.read_csv(campaign / "ranking.csv")
     assert len(table) == 2 + len(ranking)
@@ -170,24 +176,24 @@ def test_learning_warnings_are_shown(campaign, tmp_path):
     warnings = ["fitness: predictions collapsed to a near-constant on valid (0.010): try another train.lr.",
                 "fitness: the model is no better than predicting the mean on test (R² -0.10, Spearman 0.01)."]
     (root / "models" / "metrics.json").write_text(json.dumps({**metrics, "warnings": warnings, "learned": False}))
-    R.make_report(root, root / "report", {"report": {"epistasis_positions": 4}})
-    md = (root / "report" / "top_n.md").read_text().splitlines()
+    make_report(root, {"report": {"epistasis_positions": 4}})
+    md = Layout(root).table("top_n").read_text().splitlines()
     assert md[0] == "> [!WARNING]" and "may not have learned" in md[1]
     assert md[3:5] == [f"> - {w}" for w in warnings] and md[5] == "" and md[6].startswith("| rank |")
-    width, height = _png_size(root / "report" / "test_predictions.png")
+    width, height = _png_size(Layout(root).figure("test_predictions"))
     assert (width, height) != (840, 312) and height > width  # one square panel plus the warning box
 
     measured = np.linspace(0, 1, 12)
-    plain = R.plot_test_predictions(measured, measured, tmp_path / "plain.png", ["fitness"])
+    plain = plot_test_predictions(measured, measured, tmp_path / "plain.png", ["fitness"])
     assert _png_size(plain) == (672, 672)  # 5.6 in square at 120 dpi
     ranking = pd.read_csv(campaign / "ranking.csv")
-    assert R.write_top_markdown(ranking, tmp_path / "top.md", []).read_text().startswith("| rank |")
+    assert write_top_markdown(ranking, tmp_path / "top.md", []).read_text().startswith("| rank |")
 
 
-def test_epistasis_is_f_ij_minus_singles_plus_wt(report_dir, campaign):
-    table = pd.read_csv(report_dir / "epistasis.tsv", sep="\t")
+def test_epistasis_is_f_ij_minus_singles_plus_wt(reported, campaign):
+    table = pd.read_csv(reported.table("epistasis"), sep="\t")
     ranking = pd.read_csv(campaign / "ranking.csv")
-    positions = R.top_positions(ranking["mutations"].tolist(), 4)
+    positions = top_positions(ranking["mutations"].tolist(), 4)
     assert len(positions) == 4 and set(table["position_i"]) | set(table["position_j"]) <= set(positions)
     assert (table["position_i"] < table["position_j"]).all()
     # one pair, by hand: each sequence predicted on its own by each checkpoint, then averaged
@@ -217,7 +223,7 @@ def test_predicted_epistasis_exact():
             out.append(v + (3.0 if s[1] == "A" and s[3] == "G" else 0.0))
         return np.array(out)
 
-    table = R.predicted_epistasis(f, "MKTAY", muts, first_position=1)
+    table = predicted_epistasis(f, "MKTAY", muts, first_position=1)
     assert len(table) == 5  # 6 pairs minus the one at the same position (T3V, T3W)
     eps = dict(zip(zip(table.mutation_i, table.mutation_j), table.epsilon))
     assert eps[("K2A", "A4G")] == pytest.approx(3.0)
@@ -225,35 +231,41 @@ def test_predicted_epistasis_exact():
     assert eps[("T3W", "A4G")] == pytest.approx(0.0)
     # the same mutations numbered from 0 (first_position = 0) give the same values
     zero = [m._replace(position=m.position - 1) for m in muts]
-    again = R.predicted_epistasis(f, "MKTAY", zero, first_position=0)
+    again = predicted_epistasis(f, "MKTAY", zero, first_position=0)
     assert again["epsilon"].tolist() == pytest.approx(table["epsilon"].tolist())
 
 
 def test_top_positions_and_mutations():
     picks = ["A3V:F5W", "A3V:R8E", "A3L:F5W", "R8E:L14D", "A3V"]
-    assert R.top_positions(picks, 2) == [3, 5]  # 3 (x4), then 5 and 8 tie (x2): the lower wins
-    chosen = R.pick_mutations(picks, [3, 5], max_per_position=1)
+    assert top_positions(picks, 2) == [3, 5]  # 3 (x4), then 5 and 8 tie (x2): the lower wins
+    chosen = pick_mutations(picks, [3, 5], max_per_position=1)
     assert [str(m) for m in chosen] == ["A3V", "F5W"]
 
 
-def test_report_is_deterministic(campaign, report_dir, tmp_path):
+def test_report_is_deterministic(campaign, reported, tmp_path):
+    """Written again, into another folder (out_dir): the same bytes, under the same file names."""
     out = tmp_path / "again"
-    R.make_report(campaign, out, {"report": {"epistasis_positions": 4}})
-    for name in [*R.FIGURES.values(), *R.TABLES.values()]:
-        assert (out / name).read_bytes() == (report_dir / name).read_bytes(), name
+    make_report(campaign, {"report": {"epistasis_positions": 4}}, out_dir=out)
+    figures, tables = report_files(Layout(campaign), out)
+    assert {p.parent for p in [*figures.values(), *tables.values()]} == {out}
+    for name, path in figures.items():
+        assert path.read_bytes() == reported.figure(name).read_bytes(), name
+    for name, path in tables.items():
+        assert path.read_bytes() == reported.table(name).read_bytes(), name
 
 
 def test_missing_inputs_give_placeholder_figures(tmp_path, campaign):
     root = tmp_path / "partial"
     shutil.copytree(campaign / "data", root / "data")
-    paths = R.make_report(root, root / "report", {})
-    assert {p.name for p in paths} >= set(R.FIGURES.values())
-    for name in R.FIGURES.values():
-        assert _png_size(root / "report" / name) == (840, 312), name
+    paths = make_report(root, {})
+    report = Layout(root)
+    assert set(paths) == {*map(report.figure, FIGURES), *map(report.table, TABLES)}
+    for name in FIGURES:
+        assert _png_size(report.figure(name)) == (840, 312), name
 
 
 def test_importances_need_varying_params():
-    from lyra.tune.study import param_importances
+    from lyra.tune.collect import param_importances
 
     study = optuna.create_study()
     study.optimize(lambda t: 0.5, n_trials=1)
@@ -267,8 +279,8 @@ def test_importances_need_varying_params():
 def test_cli(campaign, tmp_path):
     cfg = tmp_path / "report.yaml"
     cfg.write_text("campaign: demo\nseed: 0\nreport: {epistasis_positions: 3}\n_base_dir: /tmp\n")
-    rc = R.main(["--campaign-dir", str(campaign), "--config", str(cfg), "--out-dir", str(tmp_path / "rep"),
-                 "--manifest", str(tmp_path / "manifest.json")])
+    rc = lyra_main(["report", "--campaign-dir", str(campaign), "--config", str(cfg), "--out-dir",
+                    str(tmp_path / "rep"), "--manifest", str(tmp_path / "manifest.json")])
     assert rc == 0
     table = pd.read_csv(tmp_path / "rep" / "epistasis.tsv", sep="\t")
     assert len(set(table["position_i"]) | set(table["position_j"])) == 3
@@ -280,9 +292,32 @@ def test_cli(campaign, tmp_path):
 def test_cli_rejects_unknown_report_key(campaign, tmp_path, capsys):
     cfg = tmp_path / "report.yaml"
     cfg.write_text("campaign: demo\nreport: {epistasis_position: 3}\n_base_dir: /tmp\n")
-    rc = R.main(["--campaign-dir", str(campaign), "--config", str(cfg), "--out-dir", str(tmp_path / "rep")])
+    rc = lyra_main(["report", "--campaign-dir", str(campaign), "--config", str(cfg), "--out-dir",
+                    str(tmp_path / "rep")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: report.epistasis_position: unknown key") and len(err.splitlines()) == 1
+    assert rc == 2 and err.startswith("error: unknown config key 'report.epistasis_position'")
+    assert "did you mean 'report.epistasis_positions'" in err and len(err.splitlines()) == 1
+
+
+def test_report_config_comes_from_the_schema():
+    assert ReportConfig.from_dict({}) == ReportConfig(epistasis_positions=8, max_residues_per_position=4, table_rows=30)
+    for key, value in [("epistasis_positions", 1), ("max_residues_per_position", 0), ("table_rows", 0)]:
+        with pytest.raises(ConfigError, match=f"report.{key}"):
+            ReportConfig.from_dict({key: value})
+
+
+def test_the_report_does_not_import_the_campaign_machinery():
+    """The report reads a campaign through its layout only: the stages and the manifest call it, not the
+    other way round."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "lyra" / "report"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lyra.campaign"):
+                assert node.module == "lyra.campaign.layout", f"{path.name}:{node.lineno} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("lyra.campaign") for a in node.names), f"{path.name}:{node.lineno}"
 
 
 def run_report_rule_and_html_report(campaign: Path, tmp_path: Path, python: str = sys.executable,
@@ -292,21 +327,26 @@ def run_report_rule_and_html_report(campaign: Path, tmp_path: Path, python: str 
     repo = Path(__file__).resolve().parents[1]
     root = tmp_path / "results" / "demo"
     shutil.copytree(campaign, root, ignore=shutil.ignore_patterns("report", "manifest.json"))
-    for stage in ("preprocess", "tune", "train", "score", "rank", "report"):
-        (root / "config").mkdir(exist_ok=True)
-        (root / "config" / f"{stage}.yaml").write_text(f"campaign: demo\nseed: 0\n_base_dir: {tmp_path}\n")
+    from lyra.campaign.config import STAGE_SECTIONS
+
+    for stage in STAGE_SECTIONS:
+        Layout(root).stage_config(stage).parent.mkdir(exist_ok=True)
+        Layout(root).stage_config(stage).write_text(f"campaign: demo\nseed: 0\n_base_dir: {tmp_path}\n")
     # the other jobs' benchmark files, which the rule reads for the manifest's wall times
     for rel in ["preprocess", "tune/collect", "train/seed0", "train/seed1", "evaluate", "score/shard0",
                 "score/gather", "rank"]:
         (root / "benchmarks" / f"{rel}.tsv").parent.mkdir(parents=True, exist_ok=True)
         (root / "benchmarks" / f"{rel}.tsv").write_text("s\th:m:s\n1.0\t0:00:01\n")
     (tmp_path / "campaign.yaml").write_text("campaign: demo\ntune: {enabled: false}\n")
-    (tmp_path / "Snakefile").write_text(
+    (tmp_path / "Snakefile").write_text(  # what rules/common.smk and rules/config.smk give the rule
+        'import sys\n'
+        'from lyra.campaign import layout\n'
+        'from lyra.campaign.config import STAGE_SECTIONS\n'
         'configfile: "campaign.yaml"\n'
         'RESULTS = "results/demo"\nSEEDS = [0, 1]\nWORKERS = [0]\nSHARDS = [0]\n'
         'CONFIG_FILES = workflow.configfiles\n'
         'def res(p): return f"{RESULTS}/{p}"\n'
-        'def stage_cfg(s): return res(f"config/{s}.yaml")\n'
+        'def stage_cfg(s): return res(layout.STAGE_CONFIG.format(stage=s))\n'
         f'include: "{repo / "rules" / "report.smk"}"\n'
         'rule all:\n    input: rules.report.output\n    default_target: True\n'
     )
@@ -320,8 +360,8 @@ def run_report_rule_and_html_report(campaign: Path, tmp_path: Path, python: str 
                          text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     html = (tmp_path / "report.html").read_text()
-    for name in R.FIGURES.values():
-        assert name in html, name
+    for path in FIGURES.values():
+        assert Path(path).name in html, path
     assert "Learning curves of each ensemble member" in html and "epsilon = f(ij) - f(i) - f(j) + f(wt)" in html
     return html
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lyra.campaign import pipeline
+from lyra.campaign import rounds, settings, stages
 from lyra.cli import main
 from lyra.campaign.config import load_config
 from lyra.data.dataset import load_dataset
@@ -56,7 +56,7 @@ def campaign(tmp_path, monkeypatch):
 
 def test_simulated_round_measures_the_picks_and_the_next_run_uses_them(campaign, tmp_path):
     config, root = campaign
-    assert pipeline.round_files(config) == []  # the rounds folder does not exist yet: round 1 has no rounds
+    assert rounds.round_files(config) == []  # the rounds folder does not exist yet: round 1 has no rounds
     out = simulate_round(config)
     assert out.samefile("rounds/toy/1/measurements.csv")
     measured = pd.read_csv(out)
@@ -69,13 +69,13 @@ def test_simulated_round_measures_the_picks_and_the_next_run_uses_them(campaign,
         simulate_round(config, round_number=1)
 
     # the next run: the data file's singles (max_mutations 1) plus round 1, all in training
-    assert [Path(p).name for p in pipeline.round_files(config)] == ["measurements.csv"]
-    dataset = pipeline.preprocess(config, tmp_path / "data")
+    assert [Path(p).name for p in rounds.round_files(config)] == ["measurements.csv"]
+    dataset = stages.preprocess(config, tmp_path / "data" / "dataset.parquet")
     ds = load_dataset(dataset)
     assert len(ds.frame) == 5 + 2 and {"K2A:T3V", "K2A:T3V:Y5F:A7G"} <= set(ds.frame.variant_id)
     assert (ds.frame.set_index("variant_id").loc[["K2A:T3V", "K2A:T3V:Y5F:A7G"], "split"] == "train").all()
     # ... and the library no longer offers what is measured
-    lib = LibraryConfig.from_dict(pipeline.library_section(config))
+    lib = LibraryConfig.from_dict(settings.library_section(config))
     offered = {m for chunk in iter_library(lib, WT, exclude=measured_sequences(dataset)) for m in chunk.mutations()}
     assert len(offered) == 16 - 7 and "K2A:T3V" not in offered
 
@@ -98,16 +98,17 @@ def test_lyra_run_notices_new_measurements(campaign, tmp_path):
     """`lyra run` remakes the dataset when a round file appears or a measurement file is edited."""
     import os
 
-    from lyra.campaign.pipeline import _made_from_other_measurements, is_stale, stage_inputs
+    from lyra.campaign.run import made_from_other_measurements, is_stale
+    from lyra.campaign.checks import stage_inputs
 
     config, root = campaign
-    dataset = pipeline.preprocess(config, root / "data")
-    assert not _made_from_other_measurements(config, dataset)
+    dataset = stages.preprocess(config, root / "data" / "dataset.parquet")
+    assert not made_from_other_measurements(config, dataset)
     assert not is_stale(stage_inputs(config)["preprocess"], [dataset])
     simulate_round(config)  # a new round file: another set of inputs
-    assert _made_from_other_measurements(config, dataset)
-    dataset = pipeline.preprocess(config, root / "data")
-    assert not _made_from_other_measurements(config, dataset)
+    assert made_from_other_measurements(config, dataset)
+    dataset = stages.preprocess(config, root / "data" / "dataset.parquet")
+    assert not made_from_other_measurements(config, dataset)
     assert not is_stale(stage_inputs(config)["preprocess"], [dataset])
     Path("landscape.csv").write_text(Path("landscape.csv").read_text().replace("WT,1.0", "WT,1.5"))  # data edited
     later = dataset.stat().st_mtime + 5

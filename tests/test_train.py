@@ -17,22 +17,14 @@ import pandas as pd
 import pytest
 import torch
 
-from lyra.learn import metrics as M
 from lyra.errors import ConfigError, DataError, LyraError
+from lyra.learn import metrics as M
+from lyra.learn.checkpoints import load_checkpoint, predict_sequences
+from lyra.learn.evaluate import evaluate_ensemble, write_metrics
+from lyra.learn.forward import resolve_device
+from lyra.learn.train import TrainConfig, replay_selection, train_model
+from lyra.learn.transforms import apply_transform, fit_target_transform, invert_transform
 from lyra.model.lyra import Lyra
-from lyra.learn.train import (
-    TrainConfig,
-    apply_transform,
-    evaluate_ensemble,
-    fit_target_transform,
-    invert_transform,
-    load_checkpoint,
-    predict_sequences,
-    replay_selection,
-    resolve_device,
-    train_model,
-    write_metrics,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 LETTERS = "ACDEFGHIKL"
@@ -105,11 +97,28 @@ def frame():
 def test_config_rejects_unknown_and_bad_keys():
     with pytest.raises(ConfigError, match=r"train\.bogus"):
         TrainConfig.from_dict({"bogus": 1})
-    with pytest.raises(ConfigError, match=r"train\.loss"):
-        TrainConfig(loss="l1")
-    with pytest.raises(ConfigError, match=r"train\.selection_metric"):
-        TrainConfig(selection_metric="r2")
+    with pytest.raises(ConfigError, match=r"train\.num_workers"):  # batches are tensor slices: no loader
+        TrainConfig.from_dict({"num_workers": 0})
+    for bad in ({"loss": "l1"}, {"selection_metric": "r2"}, {"huber_delta": 0.0}, {"class_weights": "inverse"},
+                {"warmup_epochs": -1}, {"patience": -1}, {"device": "gpu"}, {"device": "cuda:x"}):
+        (key, value), = bad.items()
+        with pytest.raises(ConfigError, match=rf"train\.{key}"):
+            TrainConfig(**bad)
     assert TrainConfig.from_dict({"lr": 0.01}).lr == 0.01
+    assert TrainConfig(device="cuda:1").device == "cuda:1" and TrainConfig(patience=0).patience == 0
+
+
+def test_selection_metrics_in_the_schema_are_the_metrics_computed():
+    from lyra.schema import section_schema
+
+    allowed = section_schema("train")["properties"]["selection_metric"]["enum"]
+    assert sorted(allowed) == sorted([*M.REGRESSION_METRICS, *M.CLASSIFICATION_METRICS, "loss"])
+
+
+def test_a_classification_metric_on_a_regression_task_is_refused(frame, tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.selection_metric: 'auroc' is a classification metric"):
+        train_model(frame, META, TINY, cfg(selection_metric="auroc"), seed=0, checkpoint_path=tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_deterministic_same_seed(frame, tmp_path):
@@ -360,7 +369,15 @@ def test_multiple_targets_with_missing_values(frame, tmp_path):
     out = evaluate_ensemble([r.checkpoint_path], two, meta)
     assert set(out["ensemble"]["per_target"]) == {"fitness", "stability"}
     assert out["ensemble"]["spearman"] == out["ensemble"]["per_target"]["fitness"]["spearman"]
-    assert np.isfinite(out["ensemble"]["per_target"]["stability"]["spearman"])
+    # each target is scored on its own measured rows only, against the model's output for that target
+    test = two[two["split"] == "test"]
+    pred = predict_sequences(*load_checkpoint(r.checkpoint_path), test["sequence"].tolist())  # (n, 2)
+    measured = test["stability"].notna().to_numpy()
+    assert 0 < measured.sum() < len(test)  # the case under test
+    stability = out["ensemble"]["per_target"]["stability"]
+    assert np.isfinite(stability["spearman"])
+    assert stability["spearman"] == pytest.approx(M.spearman(test["stability"][measured], pred[measured, 1]))
+    assert stability["mse"] == pytest.approx(np.mean((test["stability"][measured] - pred[measured, 1]) ** 2))
 
 
 def test_cuda_request_without_gpu_falls_back_to_cpu(frame, tmp_path, monkeypatch):
@@ -379,7 +396,7 @@ def test_cuda_request_without_gpu_falls_back_to_cpu(frame, tmp_path, monkeypatch
 def test_write_metrics(frame, tmp_path, caplog):
     paths = [train_model(frame, META, TINY, cfg(max_epochs=8, lr=1e-2), seed=s, checkpoint_path=tmp_path / f"s{s}.pt")
              .checkpoint_path for s in (0, 1)]
-    with caplog.at_level(logging.WARNING, logger="lyra.learn.train"):
+    with caplog.at_level(logging.WARNING, logger="lyra.learn.evaluate"):
         write_metrics(tmp_path / "models" / "metrics.json", paths, frame, META, "cpu")
     text = (tmp_path / "models" / "metrics.json").read_text()
     out = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
@@ -408,7 +425,7 @@ def test_write_metrics_flags_a_collapsed_model(frame, tmp_path, caplog):
     checkpoint = torch.load(r.checkpoint_path, weights_only=True)
     checkpoint["state_dict"]["decoder.weight"].zero_()
     torch.save(checkpoint, tmp_path / "collapsed.pt")
-    with caplog.at_level(logging.WARNING, logger="lyra.learn.train"):
+    with caplog.at_level(logging.WARNING, logger="lyra.learn.evaluate"):
         write_metrics(tmp_path / "metrics.json", [tmp_path / "collapsed.pt"], frame, META)
     out = json.loads((tmp_path / "metrics.json").read_text())
     assert out["learned"] is False and len(out["warnings"]) == 1

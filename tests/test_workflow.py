@@ -117,7 +117,7 @@ def test_cli_reports_bad_row_in_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "c.yaml").write_text(
         "campaign: x\ndata: {path: m.csv, mutations_column: variant, target_column: score,\n"
         "       wild_type: MKTAYIAKQRQISFVKSHFSRQLEERLGLI}\n")
-    proc = subprocess.run([str(BIN / "lyra"), "preprocess", "--config", "c.yaml", "--out-dir", "out"],
+    proc = subprocess.run([str(BIN / "lyra"), "preprocess", "--config", "c.yaml", "--out", "out/dataset.parquet"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -8,7 +8,6 @@ campaign behaves the same with and without Snakemake.
 from __future__ import annotations
 
 import copy
-import importlib.resources
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,7 +17,6 @@ import yaml
 from lyra.errors import ConfigError
 from lyra.schema import error_message, first_error, load_schema, unknown_key_message
 
-PACKAGE_SCHEME = "package://"
 
 # Which config sections each stage reads; a stage reruns only when its own sections change.
 STAGE_SECTIONS = {
@@ -123,30 +121,6 @@ def write_stage_config(config: Mapping[str, Any], stage: str, path: str | os.Pat
 
 def _settings(stage_cfg: Mapping[str, Any]) -> dict:
     return {k: v for k, v in stage_cfg.items() if k != "_source"}
-
-
-def resolve_path(value: str | None, base_dir: str | os.PathLike = ".") -> str | None:
-    """A file path from the config: `package://pkg/rel/path` (data shipped in a Python package) or a
-    path relative to `base_dir` (the working directory, as in Snakemake)."""
-    if value is None:
-        return None
-    value = str(value)
-    if value.startswith(PACKAGE_SCHEME):
-        package, _, rel = value[len(PACKAGE_SCHEME) :].partition("/")
-        try:
-            root = importlib.resources.files(package)
-        except ModuleNotFoundError:
-            raise ConfigError(f"{value}: Python package {package!r} is not installed") from None
-        target = root.joinpath(rel)
-        if not target.is_file():
-            raise ConfigError(f"{value}: no file {rel!r} in package {package!r}")
-        return str(target)
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (Path(base_dir) / p).resolve())
-
-
-def campaign_dir(config: Mapping[str, Any], results: str = "results") -> Path:
-    return Path(results) / config["campaign"]
 
 
 def dump(config: Mapping[str, Any]) -> str:

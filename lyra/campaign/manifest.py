@@ -21,9 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from lyra.campaign import layout
+from lyra.campaign.layout import Layout
+from lyra.data.variants import wild_type_is_path
 from lyra.errors import LyraError
 from lyra.io import sha256_file, write_json
-from lyra.data.variants import wild_type_is_path
 
 log = logging.getLogger("lyra.campaign.manifest")
 
@@ -33,14 +35,13 @@ PACKAGES = {"lyra-campaign": "lyra", "torch": "torch", "numpy": "numpy", "pandas
             "optuna": "optuna", "scipy": "scipy", "matplotlib": "matplotlib", "snakemake": "snakemake",
             "snakemake-executor-plugin-slurm": "snakemake-executor-plugin-slurm"}
 # the campaign's outputs worth a checksum (relative to results/<campaign>/)
-OUTPUTS = ("data/dataset.parquet", "tune/best.json", "tune/trials.tsv", "models/metrics.json",
-           "library/scores.parquet", "ranking.csv", "ranking.fasta", "plate.csv")
-DNA_OUTPUT = "ranking_dna.fasta"  # only for a campaign with data.wild_type_dna
+OUTPUTS = (layout.DATASET, layout.TUNE_BEST, layout.TUNE_TRIALS, layout.METRICS, layout.SCORES, layout.RANKING,
+           layout.RANKING_FASTA, layout.PLATE)
 
 
 def output_files(config: Mapping[str, Any]) -> tuple[str, ...]:
-    """OUTPUTS, and the picks' genes when the campaign writes them."""
-    return OUTPUTS + ((DNA_OUTPUT,) if (config.get("data") or {}).get("wild_type_dna") else ())
+    """OUTPUTS, and the picks' genes when the campaign writes them (data.wild_type_dna)."""
+    return OUTPUTS + ((layout.RANKING_DNA,) if (config.get("data") or {}).get("wild_type_dna") else ())
 
 
 def file_record(role: str, path: str | os.PathLike | None) -> dict[str, Any]:
@@ -54,12 +55,12 @@ def file_record(role: str, path: str | os.PathLike | None) -> dict[str, Any]:
 
 
 def input_records(config: Mapping[str, Any], config_files: Sequence[str | os.PathLike] = ()) -> list[dict]:
-    """Every file the campaign read, resolved the way the stages resolve them (lyra.campaign.pipeline)."""
-    from lyra.campaign import pipeline
+    """Every file the campaign read, resolved the way the stages resolve them (lyra.campaign.stages)."""
+    from lyra.campaign import rounds, settings
 
     records: list[dict] = []
     if config.get("data"):
-        data = _tolerant(lambda: pipeline.data_config(config), dict(config["data"]))
+        data = _tolerant(lambda: settings.data_config(config), dict(config["data"]))
         records.append(file_record("measurements", data.get("path")))
         wt = data.get("wild_type")
         if wt and wild_type_is_path(str(wt)):  # decided from the text: a long sequence is never stat'ed
@@ -67,16 +68,16 @@ def input_records(config: Mapping[str, Any], config_files: Sequence[str | os.Pat
         elif wt:  # the sequence itself, written in the config
             records.append({"role": "wild_type", "path": None, "sha256": hashlib.sha256(str(wt).encode()).hexdigest(),
                             "bytes": len(str(wt)), "inline": True})
-    for path in _tolerant(lambda: pipeline.round_files(config), []):
+    for path in _tolerant(lambda: rounds.round_files(config), []):
         records.append(file_record(f"round {Path(path).parent.name}", path))
-    dna = _tolerant(lambda: pipeline.wild_type_dna(config), None)
+    dna = _tolerant(lambda: settings.wild_type_dna(config), None)
     if dna:
         records.append(file_record("wild_type_dna", dna))
-    msa = _tolerant(lambda: pipeline.prior_msa(config), None)
+    msa = _tolerant(lambda: settings.prior_msa(config), None)
     if msa:
         records.append(file_record("prior msa", msa))
     if config.get("library"):
-        lib = _tolerant(lambda: pipeline.library_section(config), dict(config["library"]))
+        lib = _tolerant(lambda: settings.library_section(config), dict(config["library"]))
         for key in ("path", "spec"):
             if lib.get(key):
                 records.append(file_record(f"library {key}", lib[key]))
@@ -177,12 +178,12 @@ def stage_totals(jobs: Mapping[str, float]) -> dict[str, float]:
 
 def seeds(config: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """Every seed the campaign used: the campaign seed, the split seed, each ensemble member's training
-    seed (from metrics.json when present, else derived like lyra.campaign.pipeline), the tuning samplers'."""
-    from lyra.campaign.pipeline import training_seed
+    seed (from metrics.json when present, else derived like lyra.campaign.stages), the tuning samplers'."""
+    from lyra.campaign.settings import training_seed
 
     out: dict[str, Any] = {"campaign": config.get("seed"), "split": (config.get("split") or {}).get("seed")}
     members = None
-    metrics = root / "models" / "metrics.json"
+    metrics = Layout(root).metrics
     if metrics.exists():
         try:
             members = [row["seed"] for row in json.loads(metrics.read_text())["test"]["per_seed"]]
@@ -191,7 +192,7 @@ def seeds(config: Mapping[str, Any], root: Path) -> dict[str, Any]:
     if members is None and config.get("seed") is not None and (config.get("train") or {}).get("seeds"):
         members = [training_seed(config, k) for k in range(int(config["train"]["seeds"]))]
     out["train_members"] = members
-    trials = root / "tune" / "trials.tsv"
+    trials = Layout(root).tune_trials
     if trials.exists():
         import pandas as pd
 
@@ -207,7 +208,7 @@ def build_manifest(campaign_dir: str | os.PathLike, config: Mapping[str, Any],
                    stage_times: Mapping[str, float] | None = None, config_files: Sequence[str | os.PathLike] = (),
                    device: str | None = None) -> dict[str, Any]:
     root = Path(campaign_dir)
-    jobs = benchmark_times(root / "benchmarks")
+    jobs = benchmark_times(Layout(root).benchmarks)
     stages = stage_totals(jobs)
     stages.update({k: round(float(v), 3) for k, v in (stage_times or {}).items()})
     return {
@@ -220,7 +221,7 @@ def build_manifest(campaign_dir: str | os.PathLike, config: Mapping[str, Any],
         "campaign_dir": str(root.resolve()),
         "inputs": input_records(config, config_files),
         "outputs": [file_record(rel, root / rel) for rel in output_files(config)]
-        + [file_record(f"models/{p.name}", p) for p in _checkpoints(root)],
+        + [file_record(p.relative_to(root).as_posix(), p) for p in Layout(root).checkpoints()],
         "config": {k: v for k, v in config.items() if not str(k).startswith("_")},
         "config_base_dir": config.get("_base_dir"),
         "packages": package_versions(),
@@ -232,18 +233,12 @@ def build_manifest(campaign_dir: str | os.PathLike, config: Mapping[str, Any],
     }
 
 
-def _checkpoints(root: Path) -> list[Path]:
-    from lyra.report.report import checkpoint_paths
-
-    return checkpoint_paths(root / "models")
-
-
 def write_manifest(campaign_dir: str | os.PathLike, config: Mapping[str, Any], out_path: str | os.PathLike,
                    stage_times: Mapping[str, float] | None = None, config_files: Sequence[str | os.PathLike] = (),
                    device: str | None = None) -> dict[str, Any]:
     """Write manifest.json atomically; return its content.
 
-    stage_times: extra {stage: seconds} (e.g. lyra.campaign.pipeline.run_campaign's timings), added to those read
+    stage_times: extra {stage: seconds} (e.g. lyra.campaign.run.run_campaign's timings), added to those read
     from the Snakemake benchmark files.
     """
     manifest = build_manifest(campaign_dir, config, stage_times, config_files, device)

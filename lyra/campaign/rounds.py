@@ -22,9 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-import pandas as pd
-
-from lyra.campaign.config import campaign_dir, resolve_path
+from lyra.io import resolve_path
+from lyra.campaign.layout import RANKING, Layout
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path
 
@@ -37,6 +36,7 @@ def rounds_root(config: Mapping[str, Any]) -> Path | None:
 
 
 ROUND_FILES = ("measurements.csv", "measurements.xlsx", "measurements.xlsm")
+MEASUREMENTS = ROUND_FILES[0]  # what simulate_round writes
 
 
 def round_file(folder: Path) -> Path | None:
@@ -55,6 +55,18 @@ def completed_rounds(root: Path) -> list[int]:
                   if p.is_dir() and p.name.isdigit() and round_file(p) is not None)
 
 
+def round_files(config: Mapping[str, Any]) -> list[str]:
+    """rounds/<n>/measurements.csv (or .xlsx) files, in round order (none while the folder does not exist yet)."""
+    root = rounds_root(config)
+    if root is None:
+        return []
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"config key 'rounds.dir': {root} is not a directory")
+    if not root.exists():
+        log.info("rounds.dir %s does not exist yet: no measured rounds (it appears with the first)", root)
+    return [str(round_file(root / str(n))) for n in completed_rounds(root)]
+
+
 def simulate_round(config: Mapping[str, Any], results: str | Path = "results", truth: str | Path | None = None,
                    round_number: int | None = None) -> Path:
     """Measure the campaign's current ranking in a complete landscape; return the measurements file.
@@ -62,13 +74,16 @@ def simulate_round(config: Mapping[str, Any], results: str | Path = "results", t
     `truth` is a fully measured data file in the data section's format (default: `data.path` itself,
     read whole, without `data.max_mutations`). The round number defaults to the next one.
     """
+    import pandas as pd
+
+    from lyra.campaign.settings import data_config
     from lyra.data.dataset import load_dataset, prepare_dataset
-    from lyra.campaign.pipeline import data_config
 
     root = rounds_root(config)
     if root is None:
         raise ConfigError("rounds.dir: required to record a round (e.g. rounds/<campaign>)")
-    ranking_csv = campaign_dir(config, str(results)) / "ranking.csv"
+    campaign = Layout.of(config, results)
+    ranking_csv = campaign.ranking
     if not ranking_csv.is_file():
         raise ConfigError(f"{ranking_csv}: no ranking yet; run the campaign first")
     done = completed_rounds(root)
@@ -84,7 +99,7 @@ def simulate_round(config: Mapping[str, Any], results: str | Path = "results", t
     if truth is not None:
         data["path"] = str(truth)
     with tempfile.TemporaryDirectory(prefix="lyra-truth-") as tmp:
-        landscape = load_dataset(prepare_dataset(data, {"method": "random"}, tmp)).frame
+        landscape = load_dataset(prepare_dataset(data, {"method": "random"}, Path(tmp) / "landscape.parquet")).frame
     value_of = landscape.set_index("sequence")
 
     picks = pd.read_csv(ranking_csv)
@@ -109,19 +124,19 @@ def simulate_round(config: Mapping[str, Any], results: str | Path = "results", t
         rows[t] = value_of.loc[hits["sequence"], t].to_numpy()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "ranking.csv") as tmp_ranking:
+    with atomic_path(out_dir / RANKING) as tmp_ranking:
         shutil.copyfile(ranking_csv, tmp_ranking)
-    with atomic_path(out_dir / "measurements.csv") as tmp_csv:
+    with atomic_path(out_dir / MEASUREMENTS) as tmp_csv:
         rows.to_csv(tmp_csv, index=False)
     missing = int((~found).sum())
     first = targets[0]
     log.info("round %d: %d of %d picks measured (%d not in the landscape); %s of the picks: best %.4g, mean %.4g",
              n, len(rows), len(picks), missing, first, rows[first].max(), rows[first].mean())
-    dataset = campaign_dir(config, str(results)) / "data" / "dataset.parquet"
+    dataset = campaign.dataset
     if dataset.is_file():  # what the picks were chosen from: the landscape minus what was measured
         measured = set(pd.read_parquet(dataset, columns=["sequence"])["sequence"])
         pool = landscape.loc[~landscape["sequence"].isin(measured), first]
         if len(pool):
             log.info("for comparison, the %d unmeasured landscape variants: mean %.4g, best %.4g; the best %d of "
                      "them: mean %.4g", len(pool), pool.mean(), pool.max(), len(rows), pool.nlargest(len(rows)).mean())
-    return out_dir / "measurements.csv"
+    return out_dir / MEASUREMENTS

@@ -22,11 +22,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from lyra.design.rank import RankConfig
 from lyra.errors import ConfigError, DataError
 
 log = logging.getLogger("lyra.design.dna")
-
-DEFAULT_CODON_TABLE = "e_coli"
 
 
 # --- settings ------------------------------------------------------------------------------------------
@@ -52,7 +51,7 @@ def _table_name(name: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def codon_preferences(name: str = DEFAULT_CODON_TABLE) -> dict[str, tuple[str, ...]]:
+def codon_preferences(name: str) -> dict[str, tuple[str, ...]]:
     """Residue ('*' for stop) -> its codons, most used first in the host (equal use: alphabetical, so
     the choice never depends on the table's order)."""
     import python_codon_tables
@@ -78,14 +77,16 @@ def restriction_enzymes(names: Iterable[str]) -> list:
 
 @dataclass
 class DnaConfig:
-    codon_table: str = DEFAULT_CODON_TABLE
-    avoid_sites: tuple[str, ...] = ()
+    """The DNA keys of the rank section (rank.codon_table, rank.avoid_sites). Build it with `from_rank`,
+    which checks them against the schema through `RankConfig`, and that the table and enzymes exist."""
+
+    codon_table: str
+    avoid_sites: tuple[str, ...]
 
     @classmethod
-    def from_rank(cls, rank: Mapping[str, Any] | None) -> "DnaConfig":
-        """The rank section's DNA keys, checked (the table and enzymes exist)."""
-        rank = rank or {}
-        cfg = cls(str(rank.get("codon_table") or DEFAULT_CODON_TABLE), tuple(rank.get("avoid_sites") or ()))
+    def from_rank(cls, rank: RankConfig | Mapping[str, Any] | None) -> "DnaConfig":
+        rank = rank if isinstance(rank, RankConfig) else RankConfig.from_dict(rank)
+        cfg = cls(rank.codon_table, tuple(rank.avoid_sites))
         codon_preferences(cfg.codon_table)
         restriction_enzymes(cfg.avoid_sites)
         return cfg

@@ -40,43 +40,36 @@ import numpy as np
 
 from lyra.data.alphabet import Alphabet, get_alphabet
 from lyra.errors import ConfigError, DataError
+from lyra.schema import schema_fields, unknown_key_message
 
 log = logging.getLogger("lyra.design.library")
 
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
-KINDS = ("file", "combinatorial", "saturation", "pairs")
 SPEC_DIR = Path(__file__).resolve().parents[2] / "resources" / "libraries"
 SPEC_ONLY_KEYS = ("description",)  # documentation keys a spec file may carry
 
 
 @dataclass
+@schema_fields("library")
 class LibraryConfig:
-    kind: str = "saturation"  # file | combinatorial | saturation | pairs
-    path: str | None = None  # file: sequences or mutation strings (CSV/TSV/Parquet/FASTA)
-    positions: Any = None  # list, "10-50" / "39,40,41,54", or {position: residues}; numbered like the WT
-    residues: str = AMINO_ACIDS  # allowed residues at every position without its own list
-    max_mutations: int | None = None  # combinatorial: at most this many simultaneous mutations
-    exclude_measured: bool = True  # skip variants already in the training data
-    include_wild_type: bool = False  # score the wild type too (e.g. as a plate control)
-    n_shards: int = 2  # scoring jobs (the schema's default)
-    chunk_size: int = 65536  # variants per streamed chunk
-    max_size: int = 50_000_000  # larger libraries are rejected; raise it on purpose
-    spec: str | None = None  # YAML file whose keys fill this config
+    """The `library:` section; defaults, types and bounds come from lyra/schema.yaml."""
+
+    kind: str
+    spec: str | None
+    path: str | None
+    positions: Any  # list, "10-50" / "39,40,41,54", or {position: residues}; numbered like the WT
+    residues: str
+    max_mutations: int | None
+    exclude_measured: bool
+    include_wild_type: bool
+    n_shards: int
+    chunk_size: int
+    max_size: int
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"library.kind: must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "file" and not self.path:
             raise ConfigError("library.path: required for library.kind 'file'")
         if self.kind == "combinatorial" and self.positions is None:
             raise ConfigError("library.positions: required for library.kind 'combinatorial'")
-        if self.max_mutations is not None and int(self.max_mutations) < 1:
-            raise ConfigError(f"library.max_mutations: must be >= 1 or null, got {self.max_mutations!r}")
-        for key in ("n_shards", "chunk_size", "max_size"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"library.{key}: must be >= 1, got {getattr(self, key)!r}")
-        if not isinstance(self.residues, str) or not self.residues:
-            raise ConfigError(f"library.residues: must be a non-empty string of letters, got {self.residues!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, base_dir: str | Path | None = None) -> "LibraryConfig":
@@ -88,10 +81,10 @@ class LibraryConfig:
         """
         d = dict(d or {})
         d.pop("_base_dir", None)
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = [f.name for f in dataclasses.fields(cls)]
         for key in d:
             if key not in known:
-                raise ConfigError(f"library.{key}: unknown key; expected one of {sorted(known)}")
+                raise ConfigError(unknown_key_message(key, known, "library."))
         if d.get("spec"):
             spec_path = resolve_spec(d["spec"], base_dir)
             spec = _read_spec(spec_path, known)
@@ -119,7 +112,7 @@ def resolve_spec(value: str, base_dir: str | Path | None = None) -> Path:
     raise ConfigError(f"library.spec: file {value!r} not found (looked in {base_dir or '.'} and {SPEC_DIR})")
 
 
-def _read_spec(path: Path, known: set[str]) -> dict:
+def _read_spec(path: Path, known: list[str]) -> dict:
     import yaml
 
     try:
@@ -224,8 +217,10 @@ def library_sites(cfg: LibraryConfig, wild_type: str, alphabet: Alphabet, first_
 # --- the index layout ---------------------------------------------------------------------------------
 
 
-class _Layout:
-    """Global index <-> variant for the enumerated kinds (see the module docstring)."""
+class EnumeratedLayout:
+    """Global index <-> variant for the enumerated kinds (combinatorial, saturation, pairs; see the
+    module docstring). `decode_indices` turns any indices into tokens, so a ranking can rebuild the
+    sequences of its picks without storing them."""
 
     def __init__(self, cfg: LibraryConfig, wild_type: str, alphabet: Alphabet, first_position: int):
         self.cfg, self.alphabet = cfg, alphabet
@@ -395,7 +390,7 @@ def _pick_column(columns: list[str], names: tuple[str, ...]) -> str | None:
     return next((lower[n] for n in names if n in lower), None)
 
 
-class _FileLayout:
+class FileLayout:
     """An explicit list, read and validated by the data layer exactly like training data; indices are
     its rows in file order. Columns are found by name: a sequence column (``sequence``...) and/or a
     mutations column (``mutations``, ``mutant``...), optionally ids (``variant_id``, ``id``, ``name``);
@@ -405,14 +400,16 @@ class _FileLayout:
 
     def __init__(self, cfg: LibraryConfig, wild_type: str | None, alphabet: Alphabet, first_position: int,
                  padding: str | None = None):
-        from lyra.data import dataset as datasets
+        from lyra.data.config import DataConfig
+        from lyra.data.readers import detect_format, read_table
+        from lyra.data.validation import read_measurements
         from lyra.data.variants import diff_mutations, format_mutations
 
         self.cfg, self.alphabet = cfg, alphabet
         self.wild_type, self.first_position = wild_type, first_position
         path = Path(cfg.path)
-        fmt = datasets.detect_format(path)
-        columns = list(datasets.read_table(path, fmt).columns)
+        fmt = detect_format(path)
+        columns = list(read_table(path, fmt).columns)
         seq_col = _pick_column(columns, SEQUENCE_COLUMNS)
         mut_col = _pick_column(columns, MUTATION_COLUMNS) if wild_type is not None else None
         id_col = _pick_column(columns, ID_COLUMNS) if fmt != "fasta" else None
@@ -423,12 +420,12 @@ class _FileLayout:
                 raise DataError(
                     f"no sequence column ({', '.join(SEQUENCE_COLUMNS)}) or mutations column "
                     f"({', '.join(MUTATION_COLUMNS)}); the columns are: {', '.join(map(repr, columns))}", str(path))
-        data_cfg = datasets.DataConfig(
-            path=str(path), format=fmt, sequence_column=seq_col, mutations_column=mut_col,
+        data_cfg = DataConfig(
+            path=str(path), target_column=None, format=fmt, sequence_column=seq_col, mutations_column=mut_col,
             wild_type=wild_type, first_position=first_position, alphabet=alphabet.name, id_column=id_col,
             equal_length=wild_type is not None, padding=padding,
         )
-        rows, _ = datasets._read_measurements(path, 0, data_cfg, datasets.SplitConfig(), wild_type, alphabet, None)
+        rows, _ = read_measurements(path, data_cfg, wild_type)
         seqs = rows["sequence"].tolist()
         lines = rows["_line"].to_numpy()
         if len(set(seqs)) < len(seqs):  # a library lists each variant once
@@ -467,14 +464,16 @@ class _FileLayout:
         self.check_size()
 
 
-def _layout(cfg: LibraryConfig, wild_type: str | None, alphabet: Alphabet | str, first_position: int,
-            padding: str | None = None):
+def make_layout(cfg: LibraryConfig, wild_type: str | None, alphabet: Alphabet | str, first_position: int,
+                padding: str | None = None) -> EnumeratedLayout | FileLayout:
+    """The library's index layout: `space` (the global index range), `size`, `build()` (checks
+    library.max_size, then makes the decoding tables); stream it with `iter_layout`."""
     ab = alphabet if isinstance(alphabet, Alphabet) else get_alphabet(alphabet)
     if cfg.kind == "file":
-        return _FileLayout(cfg, wild_type, ab, first_position, padding)
+        return FileLayout(cfg, wild_type, ab, first_position, padding)
     if wild_type is None:
         raise ConfigError(f"library.kind: {cfg.kind!r} libraries are built around a wild type; set data.wild_type")
-    return _Layout(cfg, wild_type, ab, first_position)
+    return EnumeratedLayout(cfg, wild_type, ab, first_position)
 
 
 def library_size(cfg: LibraryConfig, wild_type: str | None, first_position: int = 1,
@@ -484,7 +483,7 @@ def library_size(cfg: LibraryConfig, wild_type: str | None, first_position: int 
     The wild type counts only with `include_wild_type`. A `file` library is read to count its rows
     (`padding`: data.padding, stripped from its sequences).
     """
-    return int(_layout(cfg, wild_type, alphabet, first_position, padding).size)
+    return int(make_layout(cfg, wild_type, alphabet, first_position, padding).size)
 
 
 # --- streaming -----------------------------------------------------------------------------------------
@@ -507,7 +506,7 @@ class LibraryChunk:
     def mutations(self) -> np.ndarray:
         """Canonical mutation strings (n,): 'V39W:D40A', '' for the wild type."""
         lay = self._layout
-        if isinstance(lay, _FileLayout):
+        if isinstance(lay, FileLayout):
             if lay.mutations is None:
                 raise DataError("library has no wild type, so variants have no mutation strings", lay.cfg.path)
             return lay.mutations[self.index].astype(str)
@@ -516,7 +515,7 @@ class LibraryChunk:
     def variant_ids(self, mutations: np.ndarray | None = None) -> np.ndarray:
         """The file's ids, else the mutation string ('WT' for the wild type), as in dataset.parquet."""
         lay = self._layout
-        if isinstance(lay, _FileLayout):
+        if isinstance(lay, FileLayout):
             return lay.ids[self.index].astype(str)
         muts = self.mutations() if mutations is None else mutations
         return np.where(muts == "", "WT", muts)
@@ -524,7 +523,7 @@ class LibraryChunk:
     def sequences(self) -> np.ndarray:
         """Full sequences (n,), decoded from the tokens in one numpy pass."""
         lay = self._layout
-        if isinstance(lay, _FileLayout):
+        if isinstance(lay, FileLayout):
             return lay.sequences[self.index].astype(str)
         return decode_tokens(self.tokens, lay.alphabet)
 
@@ -636,19 +635,21 @@ def iter_library(
     is stripped from the sequences of a `file` library.
     """
     ab = alphabet if isinstance(alphabet, Alphabet) else get_alphabet(alphabet)
-    lay = _layout(cfg, wild_type, ab, first_position, padding)
+    lay = make_layout(cfg, wild_type, ab, first_position, padding)
     lay.build()
-    yield from _iter_layout(lay, shard, n_shards, chunk_size or cfg.chunk_size,
+    yield from iter_layout(lay, shard, n_shards, chunk_size or cfg.chunk_size,
                             make_exclusion(exclude, wild_type, first_position, ab))
 
 
-def _iter_layout(lay, shard: int, n_shards: int, chunk_size: int, exclusion: Exclusion | None
-                 ) -> Iterator[LibraryChunk]:
+def iter_layout(lay: EnumeratedLayout | FileLayout, shard: int, n_shards: int, chunk_size: int,
+                exclusion: Exclusion | None) -> Iterator[LibraryChunk]:
+    """The chunks of shard `shard` of a built layout (see `iter_library`): the wild type dropped unless
+    library.include_wild_type, the `exclusion` rows dropped."""
     start, stop = shard_range(lay.space, shard, n_shards)
     drop_wt = lay.has_wt and not lay.cfg.include_wild_type
     for a in range(start, stop, chunk_size):
         b = min(a + chunk_size, stop)
-        if isinstance(lay, _FileLayout):
+        if isinstance(lay, FileLayout):
             index = np.arange(a, b, dtype=np.int64)
             seqs = lay.sequences[a:b]
             tokens, mask = lay.alphabet.encode_batch(list(seqs))
@@ -685,4 +686,4 @@ def _take(chunk: LibraryChunk, keep: np.ndarray) -> LibraryChunk:
 def library_space(cfg: LibraryConfig, wild_type: str | None, first_position: int = 1,
                   alphabet: Alphabet | str = "protein", padding: str | None = None) -> int:
     """Size of the global index range (the library plus a skipped wild type, if any)."""
-    return int(_layout(cfg, wild_type, alphabet, first_position, padding).space)
+    return int(make_layout(cfg, wild_type, alphabet, first_position, padding).space)

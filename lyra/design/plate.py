@@ -14,16 +14,18 @@ empty), rank (picks only), variant_id, mutations (the control's mutations; empty
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from lyra.design.rank import RankConfig
 from lyra.errors import ConfigError
+from lyra.schema import section_schema
 
-PLATES = {96: (8, 12), 384: (16, 24)}  # wells -> (rows, columns)
-FILL_ORDERS = ("column", "row")
+PLATES = {96: (8, 12), 384: (16, 24)}  # wells -> (rows, columns); rank.plate's enum in lyra/schema.yaml
+CONTROL_WELLS = section_schema("rank")["properties"]["controls"]["items"]["properties"]["wells"]["default"]
 PLATE_COLUMNS = ["plate", "well", "row", "column", "content", "rank", "variant_id", "mutations"]
 
 
@@ -36,38 +38,31 @@ class Control:
 
 @dataclass
 class PlateConfig:
-    plate: int = 96
-    fill: str = "column"
-    controls: list = field(default_factory=list)  # [{variant: WT, wells: 2}, ...]
+    """The plate keys of the rank section (rank.plate, rank.fill, rank.controls). Build it with
+    `from_rank`, which checks them against the schema through `RankConfig`."""
+
+    plate: int  # wells per plate: a key of PLATES
+    fill: str  # column | row
+    controls: list  # [{variant: WT, wells: 2}, ...]
 
     def __post_init__(self) -> None:
-        if self.plate not in PLATES or isinstance(self.plate, bool):
-            raise ConfigError(f"rank.plate: must be one of {list(PLATES)}, got {self.plate!r}")
-        if self.fill not in FILL_ORDERS:
-            raise ConfigError(f"rank.fill: must be one of {list(FILL_ORDERS)}, got {self.fill!r}")
-        for k, c in enumerate(self.controls or []):
-            if not isinstance(c, Mapping) or not str(c.get("variant") or "").strip():
-                raise ConfigError(f"rank.controls[{k}]: give the control as {{variant: WT, wells: 2}}")
-            wells = c.get("wells", 1)
-            if isinstance(wells, bool) or not isinstance(wells, int) or wells < 1:
-                raise ConfigError(f"rank.controls[{k}].wells: must be an integer >= 1, got {wells!r}")
-        if sum(c.get("wells", 1) for c in self.controls or []) >= self.plate:
+        if self.control_wells >= self.plate:
             raise ConfigError(f"rank.controls: {self.control_wells} control wells leave no well of a "
                               f"{self.plate}-well plate for the picks")
 
     @property
     def control_wells(self) -> int:
-        return sum(c.get("wells", 1) for c in self.controls or [])
+        return sum(c.get("wells", CONTROL_WELLS) for c in self.controls)
 
     @property
     def picks_per_plate(self) -> int:
         return self.plate - self.control_wells
 
     @classmethod
-    def from_rank(cls, rank: Mapping[str, Any] | None) -> "PlateConfig":
-        rank = rank or {}
-        return cls(plate=rank.get("plate", 96), fill=rank.get("fill", "column"),
-                   controls=list(rank.get("controls") or []))
+    def from_rank(cls, rank: RankConfig | Mapping[str, Any] | None) -> "PlateConfig":
+        """From the rank section (a mapping, checked, or a RankConfig)."""
+        rank = rank if isinstance(rank, RankConfig) else RankConfig.from_dict(rank)
+        return cls(plate=rank.plate, fill=rank.fill, controls=list(rank.controls))
 
     def resolve_controls(self, wild_type: str | None, first_position: int = 1,
                          separators: str = ":,;") -> list[Control]:
@@ -76,7 +71,7 @@ class PlateConfig:
         from lyra.data.variants import format_mutations, is_wild_type_token, parse_mutations
 
         out: list[Control] = []
-        for k, c in enumerate(self.controls or []):
+        for k, c in enumerate(self.controls):
             text = str(c["variant"]).strip()
             if wild_type is None:
                 raise ConfigError(f"rank.controls[{k}]: {text!r} needs the wild type (data.wild_type)")
@@ -88,7 +83,7 @@ class PlateConfig:
             variant_id = mutations or "WT"
             if any(o.variant_id == variant_id for o in out):
                 raise ConfigError(f"rank.controls[{k}]: {variant_id} is listed twice; give its number of wells instead")
-            out.append(Control(variant_id, mutations, int(c.get("wells", 1))))
+            out.append(Control(variant_id, mutations, int(c.get("wells", CONTROL_WELLS))))
         return out
 
 

@@ -24,12 +24,24 @@ import numpy as np
 import torch
 
 from lyra.errors import ConfigError, DataError
+from lyra.schema import schema_fields
 
 GAP = "-"
 MAX_POTTS_BYTES = 8 * 2**30  # refuse Potts fits that would need more memory than a typical job has
 # prior.sign -> LyraConfig.prior_sign: is a family-like variant expected to score higher (fitness,
 # brightness, binding enrichment) or lower (Kd, EC50)? "learn" lets the training variants decide.
 PRIOR_SIGNS = {"learn": 0, "positive": 1, "negative": -1}
+
+
+@dataclass
+@schema_fields("prior")
+class PriorConfig:
+    """The `prior:` section; defaults, types and bounds come from lyra/schema.yaml."""
+
+    msa: str | None
+    model: str
+    identity: float
+    sign: str  # read where the model config is made (PRIOR_SIGNS)
 
 
 @dataclass
@@ -228,11 +240,11 @@ def site_table(prior: PottsPrior, letters: str) -> np.ndarray:
     return table
 
 
-def _alignment(section: dict, wild_type: str | None) -> Path:
+def _alignment(cfg: PriorConfig, wild_type: str | None) -> Path:
     """The checks shared by fitting and by the campaign's up-front check: a wild type and a file."""
     if not wild_type:
         raise ConfigError("prior.msa: the prior scores variants of a wild type; set data.wild_type")
-    path = Path(section["msa"])
+    path = Path(cfg.msa)
     if not path.is_file():
         raise ConfigError(f"prior.msa: no such file: {path} (it does not exist or is a directory)")
     return path
@@ -240,16 +252,16 @@ def _alignment(section: dict, wild_type: str | None) -> Path:
 
 def check_alignment(section: dict, wild_type: str | None) -> None:
     """Cheap up-front check of `prior.msa` (no fit): the file exists, is A2M, and its target is in the wild type."""
-    path = _alignment(section, wild_type)
+    path = _alignment(PriorConfig.from_dict(section), wild_type)
     locate_focus(read_a2m(path)[0], wild_type, path)
 
 
 def prior_from_config(section: dict | None, wild_type: str | None, letters: str) -> PottsPrior | None:
     """The config's `prior` section (paths resolved) -> the fitted prior, or None when `prior.msa` is unset."""
-    if not section or not section.get("msa"):
+    cfg = PriorConfig.from_dict(section)
+    if not cfg.msa:
         return None
-    return fit_prior(_alignment(section, wild_type), wild_type, letters, model=section.get("model", "independent"),
-                     identity=float(section.get("identity", 0.8)))
+    return fit_prior(_alignment(cfg, wild_type), wild_type, letters, model=cfg.model, identity=float(cfg.identity))
 
 
 def prior_table(section: dict | None, wild_type: str | None, letters: str) -> np.ndarray | None:

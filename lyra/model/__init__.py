@@ -1,5 +1,5 @@
-"""The Lyra model: projected gated convolutions (PGC) and diagonal state-space (S4D) layers."""
+"""The Lyra model (arXiv 2503.16351): PGC and S4D layers (`lyra`, `s4d`), and their fast paths (`fast`)."""
 
-from lyra.model.lyra import Lyra, LyraConfig
+from lyra.model.lyra import Lyra, LyraConfig, configure_optimizer, ssm_parameters
 
-__all__ = ["Lyra", "LyraConfig"]
+__all__ = ["Lyra", "LyraConfig", "configure_optimizer", "ssm_parameters"]
