@@ -17,7 +17,7 @@ Splits (read directly from ../shared/data beside the repository, see its README;
   file (random, seed 0) is held out for validation. The test file is only used for the final number.
 
 `--prior none|independent|potts` (default per split, see SETTINGS) sets Lyra's evolutionary prior
-term (`lyra/prior.py`), fit on the GB1 alignment shipped with the landscape
+term (`lyra/design/prior.py`), fit on the GB1 alignment shipped with the landscape
 (`gb1_wu2016/GB1_Alignment.a2m`: 385 of its 391 sequences have only the 20 amino acids); GB1 splits only.
 `--prior-sign learn|positive|negative` is the config's `prior.sign` (GB1 fitness is binding: positive).
 

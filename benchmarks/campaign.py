@@ -7,13 +7,13 @@ the method's ranking of all candidates (relevance = true fitness, `lyra.learn.me
 
 Methods:
 - ridge: one-hot ridge regression (alpha 1) on the fitness, top 96 by prediction (`benchmarks/ridge.py`).
-- prior: no training at all: top 96 by the evolutionary prior's dE (`lyra/prior.py`, independent model
+- prior: no training at all: top 96 by the evolutionary prior's dE (`lyra/design/prior.py`, independent model
   fit on `GB1_Alignment.a2m`), what `lyra zero-shot` picks.
 - lyra:  an ensemble of Lyra models trained with `lyra.learn.train.train_model` (each member on its own random
   train/valid split of the N variants), the candidates scored with `lyra.design.scoring.score_shard` over the GB1
   combinatorial library with the training and never-measured variants excluded, and picked with
   `lyra.design.rank.rank_variants` (UCB + diversity): the same code path as `lyra score` / `lyra rank`.
-  `--prior independent|potts` adds the evolutionary prior term fit on `GB1_Alignment.a2m` (lyra/prior.py).
+  `--prior independent|potts` adds the evolutionary prior term fit on `GB1_Alignment.a2m` (lyra/design/prior.py).
 
     python benchmarks/campaign.py --seeds 10 --n-train 384 --out campaign.json
 """

@@ -231,7 +231,7 @@ def render(info: dict, tput: list[dict], lat: list[dict], lat_setting: str, comm
         "",
         f"Targets ({TARGETS}): " + "; ".join(check_targets(tput, lat)) + ".",
         "",
-        "Where the speed comes from (lyra/model.py; single-thread CPU time measured while writing it): the S4D "
+        "Where the speed comes from (lyra/model/fast.py; single-thread CPU time measured while writing it): the S4D "
         "kernel is built from two small tables of powers and one batched matmul instead of the (H, N/2, L) "
         "Vandermonde tensor (35 ms and 16 MB at L = 65,536, cached per length in eval mode); the FFT length is "
         "the smallest 2^k or 3 * 2^k >= 2L; float32 CPU inference calls oneDNN's matmul directly (torch's "

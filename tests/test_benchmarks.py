@@ -1,7 +1,8 @@
 """benchmarks/accuracy.py end to end on a small public split: the table is produced, ridge matches the
 issue's reference, and `--reuse` reassembles an ensemble only from checkpoints the current rules make.
 
-Skipped when ../shared/data is missing (the benchmark reads the public splits from there)."""
+The runs skip when ../shared/data is missing (the benchmark reads the public splits from there); the
+checks of the data folder itself run everywhere."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from lyra.learn.checkpoints import load_checkpoint, predict_sequences
 from lyra.learn.metrics import spearman
 from lyra.learn.train import TrainConfig
 
-pytestmark = pytest.mark.skipif(not accuracy.DATA.is_dir(), reason=f"{accuracy.DATA} not found")
+needs_data = pytest.mark.skipif(not accuracy.DATA.is_dir(), reason=f"{accuracy.DATA} not found")
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +26,7 @@ def restore_threads():
     torch.set_num_threads(before)  # main() sets its own thread count
 
 
+@needs_data
 def test_quick_run_then_reuse(tmp_path, caplog, capsys):
     args = ["--splits", "two_vs_rest", "--quick", "--out", str(tmp_path / "ck"), "--json", str(tmp_path / "r.json")]
     accuracy.main(args)
@@ -46,6 +48,7 @@ def test_quick_run_then_reuse(tmp_path, caplog, capsys):
     assert again["test_spearman"] == first["test_spearman"] and again["member_seconds"] == first["member_seconds"]
 
 
+@needs_data
 def test_reuse_refuses_a_checkpoint_whose_epoch_the_rule_would_not_pick(tmp_path):
     accuracy.main(["--splits", "two_vs_rest", "--quick", "--out", str(tmp_path)])
     path = tmp_path / "two_vs_rest" / "seed0.pt"
@@ -62,6 +65,7 @@ def test_reuse_refuses_a_checkpoint_whose_epoch_the_rule_would_not_pick(tmp_path
     assert not accuracy._same_run(path, model_cfg, cfg, None)
 
 
+@needs_data
 def test_tune_searches_on_train_and_validation_rows_then_trains_with_the_best(tmp_path, caplog):
     import pandas as pd
     import pyarrow.parquet as pq
@@ -95,6 +99,7 @@ def test_tune_searches_on_train_and_validation_rows_then_trains_with_the_best(tm
     assert json.loads((tmp_path / "r.json").read_text())[0]["test_spearman"] == row["test_spearman"]
 
 
+@needs_data
 def test_a_member_killed_mid_run_continues_from_its_last_epoch(tmp_path, monkeypatch, caplog):
     args = ["--splits", "two_vs_rest", "--quick", "--json", str(tmp_path / "r.json")]
     accuracy.main([*args, "--out", str(tmp_path / "whole")])

@@ -48,7 +48,7 @@ def prior_section(config: Mapping[str, Any]) -> dict | None:
 
 
 def prior_table(config: Mapping[str, Any], meta: Mapping[str, Any]):
-    """The model's per-site prior table for this dataset (lyra/prior.py), or None without `prior.msa`."""
+    """The model's per-site prior table for this dataset (lyra/design/prior.py), or None without `prior.msa`."""
     section = prior_section(config)
     if section is None:
         return None
