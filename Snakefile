@@ -26,6 +26,7 @@ include: "rules/tune.smk"
 include: "rules/train.smk"
 include: "rules/score.smk"
 include: "rules/report.smk"
+include: "rules/simulate.smk"
 
 
 rule all:

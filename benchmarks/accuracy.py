@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ridge import ridge_fit_predict  # noqa: E402
+from lyra.learn.ridge import ridge_fit_predict  # noqa: E402
 from lyra.learn.metrics import spearman  # noqa: E402
 from lyra.model.lyra import LyraConfig  # noqa: E402
 from lyra.design.prior import PRIOR_SIGNS  # noqa: E402

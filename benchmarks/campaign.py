@@ -6,7 +6,7 @@ method, averaged over seeds: the highest and the mean true fitness among the 96 
 the method's ranking of all candidates (relevance = true fitness, `lyra.learn.metrics.ndcg_at_k`).
 
 Methods:
-- ridge: one-hot ridge regression (alpha 1) on the fitness, top 96 by prediction (`benchmarks/ridge.py`).
+- ridge: one-hot ridge regression (alpha 1) on the fitness, top 96 by prediction (`lyra.learn.ridge`).
 - prior: no training at all: top 96 by the evolutionary prior's dE (`lyra/design/prior.py`, independent model
   fit on `GB1_Alignment.a2m`), what `lyra zero-shot` picks.
 - lyra:  an ensemble of Lyra models trained with `lyra.learn.train.train_model` (each member on its own random
@@ -33,7 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ridge import ridge_fit_predict  # noqa: E402
+from lyra.learn.ridge import ridge_fit_predict  # noqa: E402
 from lyra.design.library import LibraryConfig  # noqa: E402
 from lyra.learn.metrics import ndcg_at_k  # noqa: E402
 

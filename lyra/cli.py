@@ -119,6 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results root (default: results)")
     p.add_argument("--truth", help="fully measured file in the data section's format (default: data.path, whole)")
     p.add_argument("--round", type=int, help="round number (default: the next one)")
+    p = sub.add_parser("simulate-library", help="retrospective campaigns: the landscape as the library every round scores")
+    p.add_argument("--dataset", required=True, help="the campaign's dataset.parquet: the complete landscape")
+    p.add_argument("--out", required=True)
+    p.add_argument("-v", "--verbose", action="store_true")
+    p = sub.add_parser("simulate-run", help="retrospective campaigns: one run of one strategy, round by round")
+    _common(p)
+    p.add_argument("--dataset", required=True, help="the campaign's dataset.parquet: the complete landscape")
+    p.add_argument("--library", required=True, help="the landscape as a library file (simulate-library)")
+    p.add_argument("--strategy", required=True)
+    p.add_argument("--run", type=int, required=True)
+    p.add_argument("--out", required=True, help="the run's table, one row per round (Parquet)")
+    p.add_argument("--picks", required=True, help="every variant the run measured (CSV)")
+    p.add_argument("--work", required=True, help="folder of the finished rounds (a rerun resumes from them)")
+    p = sub.add_parser("simulate-collect", help="retrospective campaigns: every run -> runs.parquet, summary.csv, figure")
+    p.add_argument("--runs", required=True, help="runs.parquet to write")
+    p.add_argument("--summary", required=True, help="summary.csv to write")
+    p.add_argument("--figure", help="the summary figure (PNG)")
+    p.add_argument("tables", nargs="+", help="the runs' tables (simulate-run --out)")
+    p.add_argument("-v", "--verbose", action="store_true")
     p = sub.add_parser("zero-shot", help="rank the library by the evolutionary prior alone (prior.msa), no model")
     _common(p)
     p.add_argument("--out", required=True, help="CSV of the top variants")
@@ -138,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace, config: dict | None) -> None:
     if args.command == "gather":
         stages.gather(args.shards, args.out)
+        return
+    if args.command == "simulate-library":
+        from lyra.campaign.simulate import write_library
+
+        print(write_library(args.dataset, args.out))
+        return
+    if args.command == "simulate-collect":
+        from lyra.campaign.simulate import collect
+
+        print(collect(args.tables, args.runs, args.summary, args.figure))
         return
     cmd = args.command
     if cmd == "run":
@@ -168,6 +197,11 @@ def _dispatch(args: argparse.Namespace, config: dict | None) -> None:
         stages.rank(config, args.scores, args.csv, args.fasta, dataset=args.dataset, plate=args.plate, dna=args.dna)
     elif cmd == "zero-shot":
         print(stages.zero_shot(config, args.out, args.top))
+    elif cmd == "simulate-run":
+        from lyra.campaign.simulate import simulate_run
+
+        print(simulate_run(config, args.dataset, args.library, args.strategy, args.run, args.out, args.picks,
+                           args.work))
     elif cmd == "simulate-round":
         from lyra.campaign.rounds import simulate_round
 

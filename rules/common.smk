@@ -7,6 +7,7 @@ import time
 
 from lyra.campaign import layout
 from lyra.campaign.checks import check_campaign, stage_inputs
+from lyra.campaign.simulate import check_simulation
 from lyra.campaign.config import resolve_config, stage_config
 from lyra.campaign.joblogs import job_errors, job_warnings
 from lyra.errors import LyraError, one_line
@@ -18,9 +19,12 @@ CONFIG_SOURCE = ", ".join(CONFIG_FILES) or "snakemake config"
 # Defaults filled in and validated against config/schema.yaml (the same code path as `lyra run`);
 # missing files and an oversized or empty library fail here, before any job is submitted, as one line.
 try:
+    SIMULATES = "simulate" in config  # the user's file asks for retrospective campaigns
     config.update(resolve_config(config, source=CONFIG_SOURCE))
     if workflow.is_main_process:  # not again in each cluster job: the run was checked when it started
         check_campaign(config)
+        if SIMULATES:
+            check_simulation(config)
     # Files outside results/ that each stage reads: declared inputs, so an edit reruns that stage.
     STAGE_INPUTS = stage_inputs(config)
 except LyraError as e:
@@ -36,6 +40,8 @@ STARTED = time.time()
 # Ensemble members, tuning workers and library shards are numbered; nothing else may reach a shell.
 wildcard_constraints:
     seed=r"\d+",
+    run=r"\d+",
+    strategy=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     worker=r"\d+",
     shard=r"\d+",
 

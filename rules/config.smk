@@ -2,7 +2,7 @@
 # Snakemake's params rerun trigger watches them, so changing e.g. rank.top_n reruns ranking, not training.
 # `lyra run` rewrites them on the same condition (lyra.campaign.config.write_stage_config).
 
-from lyra.campaign.config import STAGE_SECTIONS, write_stage_config
+from lyra.campaign.config import CAMPAIGN_STAGES, STAGE_SECTIONS, write_stage_config
 
 
 rule stage_config:

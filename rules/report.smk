@@ -25,7 +25,7 @@ report: "../docs/report/workflow.rst"
 rule report:
     input:
         # the per-stage configs together are the resolved config the campaign ran with
-        cfgs=[stage_cfg(stage) for stage in STAGE_SECTIONS],
+        cfgs=[stage_cfg(stage) for stage in CAMPAIGN_STAGES],
         dataset=res(layout.DATASET),
         metrics=res(layout.METRICS),
         models=expand(res(layout.MODEL), seed=SEEDS),

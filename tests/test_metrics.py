@@ -90,12 +90,12 @@ def test_regression_metrics_drop_missing_targets():
 
 
 def test_ridge_baseline_matches_sklearn():
-    """benchmarks/ridge.py (the baseline of every benchmark table) is sklearn's Ridge on one-hot inputs."""
+    """lyra.learn.ridge (the baseline of every benchmark table) is sklearn's Ridge on one-hot inputs."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.ridge import ridge_fit_predict
+    from lyra.learn.ridge import ridge_fit_predict
     from lyra.data.alphabet import PROTEIN
 
     rng = np.random.default_rng(2)

@@ -189,8 +189,10 @@ def test_rank_config_validation():
         RankConfig.from_dict({"stratgy": "ucb"})
     with pytest.raises(ConfigError, match=r"unknown config key 'rank.diversity.max_per_mutaton' \(did you mean"):
         RankConfig.from_dict({"diversity": {"max_per_mutaton": 2}})
-    with pytest.raises(ConfigError, match=r"'rank.strategy': 'thompson' is not one of \['mean', 'ucb'\]"):
-        RankConfig(strategy="thompson")
+    with pytest.raises(ConfigError, match=r"'rank.strategy': 'ei' is not one of \['mean', 'ucb', 'thompson'\]"):
+        RankConfig(strategy="ei")
+    with pytest.raises(ConfigError, match=r"'seed': -1 is less than the minimum of 0"):
+        RankConfig.from_dict({"strategy": "thompson", "seed": -1})
     with pytest.raises(ConfigError, match=r"'rank.diversity.min_hamming': 0 is less than the minimum of 1"):
         RankConfig(diversity={"min_hamming": 0})
     with pytest.raises(ConfigError, match=r"'rank.pool_factor': 0 is less than the minimum of 1"):
@@ -264,3 +266,76 @@ def test_a_short_ranking_is_an_error_naming_the_keys_unless_allowed(tmp_path, ca
     with caplog.at_level("WARNING", logger="lyra.design.rank"):
         picked = rank_variants(path, RankConfig(top_n=500, allow_fewer=True))
     assert len(picked) == 400 and "fewer than rank.top_n = 500" in caplog.text
+
+
+# --- Thompson sampling -----------------------------------------------------------------------------------
+
+
+def test_thompson_without_uncertainty_is_the_mean_ranking(tmp_path):
+    path = random_scores(tmp_path, n=400, seed=3)
+    df = pq.read_table(path).to_pandas()
+    flat = write_scores(tmp_path / "flat.parquet", df["mutations"].tolist(), df["mean"].round(1), np.zeros(400))  # ties
+    for diversity, pool_factor in (({}, 50), ({"max_per_mutation": 2, "min_hamming": 2}, 1)):  # 1: the pool extends
+        cfg = dict(top_n=30, pool_factor=pool_factor, diversity=diversity, allow_fewer=True)
+        by_mean = rank_variants(flat, RankConfig(strategy="mean", **cfg))
+        for seed in (0, 7):
+            drawn = rank_variants(flat, RankConfig(strategy="thompson", seed=seed, **cfg))
+            pd.testing.assert_frame_equal(drawn.drop(columns=["acquisition_rank", "reason"]),
+                                          by_mean.drop(columns=["acquisition_rank", "reason"]))
+            assert drawn["reason"].str.match(r"Thompson draw \d+: ").all()
+            assert drawn["reason"][2].startswith("Thompson draw 3: ")
+
+
+def test_thompson_picks_the_uncertain_variant_more_often_than_mean(tmp_path):
+    # T3A and T3W: the same mean, T3W far less certain; the rest clearly worse
+    muts = ["T3A", "T3W"] + [f"{WT[p - 1]}{p}{c}" for p in (5, 8, 12) for c in "CDEFGH"]
+    mean = [1.0, 1.0] + [-3.0] * 18
+    std = [0.01, 1.0] + [0.1] * 18
+    path = write_scores(tmp_path / "s.parquet", muts, mean, std)
+    first_by_mean = rank_variants(path, RankConfig(strategy="mean", top_n=1))["mutations"][0]
+    assert first_by_mean == "T3A"  # a tie goes to file order, whatever the seed
+    firsts = [rank_variants(path, RankConfig(strategy="thompson", top_n=1, seed=seed))["mutations"][0]
+              for seed in range(40)]
+    # P(T3W first) = P(1 + z > 1 + 0.01 z') ~ 1/2: 20 expected, >= 10 has probability > 0.999
+    assert firsts.count("T3W") >= 10 and firsts.count("T3A") >= 10
+    assert set(firsts) == {"T3A", "T3W"}
+
+
+def test_thompson_picks_are_distinct_respect_diversity_and_are_reproducible(tmp_path):
+    path = random_scores(tmp_path, n=400, seed=3)
+    cfg = RankConfig(strategy="thompson", top_n=30, pool_factor=2, seed=5,
+                     diversity={"max_per_mutation": 3, "min_hamming": 2})
+    picked = rank_variants(path, cfg)
+    assert len(picked) == 30 and picked["variant_id"].is_unique
+    counts = pd.Series([m for ms in picked["mutations"] for m in ms.split(":")]).value_counts()
+    assert counts.max() <= 3
+    seqs = np.array([list(s) for s in picked["sequence"]])
+    dist = (seqs[:, None, :] != seqs[None, :, :]).sum(-1)
+    assert dist[np.triu_indices(len(seqs), 1)].min() >= 2
+    # the acquisition is the winning draw: within 6 std of the mean, and not the mean ranking
+    assert (np.abs(picked["acquisition"] - picked["mean"]) <= 6 * picked["std"] + 1e-9).all()
+    assert picked["mutations"].tolist() != rank_variants(path, RankConfig(
+        strategy="mean", top_n=30, pool_factor=2, diversity=cfg.diversity))["mutations"].tolist()
+    assert picked["reason"].str.contains("skipped").any()
+    assert [int(r.split(":")[0].split()[-1]) for r in picked["reason"]] == list(range(1, 31))
+    # byte-identical on rerun with the same seed; another seed draws other picks
+    write_ranking(picked, tmp_path / "a.csv")
+    write_ranking(rank_variants(path, cfg), tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    other = rank_variants(path, RankConfig(**{**cfg.__dict__, "seed": 6}))
+    assert other["mutations"].tolist() != picked["mutations"].tolist()
+
+
+def test_thompson_short_ranking_is_reported_like_the_greedy_pass(tmp_path, caplog):
+    path = random_scores(tmp_path, n=400, seed=3)
+    strict = {"max_per_mutation": 1, "min_hamming": 3}
+    greedy = rank_variants(path, RankConfig(strategy="mean", top_n=100, diversity=strict, allow_fewer=True))
+    n = len(greedy)
+    assert n < 100
+    with pytest.raises(ConfigError, match=r"picks, fewer than rank.top_n = 100: the diversity rules .*allow_fewer"):
+        rank_variants(path, RankConfig(strategy="thompson", top_n=100, pool_factor=1, diversity=strict))
+    with pytest.raises(ConfigError, match="the library has only 400 scored variants"):
+        rank_variants(path, RankConfig(strategy="thompson", top_n=500))
+    with caplog.at_level("WARNING", logger="lyra.design.rank"):
+        every = rank_variants(path, RankConfig(strategy="thompson", top_n=500, allow_fewer=True))
+    assert len(every) == 400 and every["variant_id"].is_unique and "fewer than rank.top_n = 500" in caplog.text

@@ -341,7 +341,7 @@ def run_report_rule_and_html_report(campaign: Path, tmp_path: Path, python: str 
     (tmp_path / "Snakefile").write_text(  # what rules/common.smk and rules/config.smk give the rule
         'import sys\n'
         'from lyra.campaign import layout\n'
-        'from lyra.campaign.config import STAGE_SECTIONS\n'
+        'from lyra.campaign.config import CAMPAIGN_STAGES\n'
         'configfile: "campaign.yaml"\n'
         'RESULTS = "results/demo"\nSEEDS = [0, 1]\nWORKERS = [0]\nSHARDS = [0]\n'
         'CONFIG_FILES = workflow.configfiles\n'

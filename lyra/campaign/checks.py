@@ -36,7 +36,16 @@ def stage_inputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
         "score": library,
         "rank": [dna] if (dna := wild_type_dna(config)) else [],
         "report": [],
+        "simulate": [*msa, *initial_plate_file(config)],
     }
+
+
+def initial_plate_file(config: Mapping[str, Any]) -> list[str]:
+    """The retrospective campaigns' first-plate file, when simulate.initial.method is file."""
+    initial = (config.get("simulate") or {}).get("initial") or {}
+    if initial.get("method") == "file" and initial.get("path"):
+        return [resolve_path(initial["path"], config.get("_base_dir", "."))]
+    return []
 
 
 def check_campaign(config: Mapping[str, Any]) -> None:

@@ -26,7 +26,10 @@ STAGE_SECTIONS = {
     "score": ("campaign", "seed", "library", "train"),  # train.device
     "rank": ("campaign", "seed", "data", "library", "rank"),  # data.wild_type_dna
     "report": ("campaign", "seed", "report"),
+    # retrospective campaigns (snakemake simulate): not part of a campaign's own run or report
+    "simulate": ("campaign", "seed", "data", "model", "train", "prior", "rank", "simulate"),
 }
+CAMPAIGN_STAGES = ("preprocess", "tune", "train", "score", "rank", "report")
 
 
 def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict:

@@ -48,6 +48,15 @@ FIGURES = {  # report/<file>: what each figure shows is in docs/report.md
 TABLES = {"top_n": "report/top_n.md", "epistasis": "report/epistasis.tsv"}
 MANIFEST = "manifest.json"
 
+SIMULATION = "simulation"  # retrospective campaigns (snakemake simulate)
+SIM_LIBRARY = "simulation/library.parquet"  # the landscape, scored by the lyra strategies each round
+SIM_RUN = "simulation/runs/{strategy}/run{run}.parquet"  # one row per round
+SIM_PICKS = "simulation/runs/{strategy}/run{run}.picks.csv"  # every variant the run measured
+SIM_WORK = "simulation/work/{strategy}/run{run}"  # finished rounds: a killed job resumes from them
+SIM_RUNS = "simulation/runs.parquet"
+SIM_SUMMARY = "simulation/summary.csv"
+SIM_FIGURE = "simulation/summary.png"
+
 LOGS = "logs"
 BENCHMARKS = "benchmarks"
 RUN_RECORDS = ".lyra-run"  # lyra run's input checksums, one file per job

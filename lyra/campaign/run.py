@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from lyra.campaign import stages
 from lyra.campaign.checks import check_campaign, stage_inputs
-from lyra.campaign.config import STAGE_SECTIONS, write_stage_config
+from lyra.campaign.config import CAMPAIGN_STAGES, write_stage_config
 from lyra.campaign.layout import FIGURES, RESULTS, TABLES, Layout
 from lyra.campaign.rounds import round_files
 from lyra.campaign.settings import data_config, wild_type_dna
@@ -85,7 +85,7 @@ def _run_campaign(config: Mapping[str, Any], campaign: Layout, config_files: tup
     declare (stage_inputs). So after any change this reruns exactly the jobs Snakemake would."""
     check_campaign(config)
     ext = stage_inputs(config)
-    cfg = {stage: campaign.stage_config(stage) for stage in STAGE_SECTIONS}
+    cfg = {stage: campaign.stage_config(stage) for stage in CAMPAIGN_STAGES}
     for stage, path in cfg.items():
         if write_stage_config(config, stage, path):
             log.info("%s: settings changed", path)

@@ -198,7 +198,7 @@ def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: 
             raise ConfigError(GENE_NEEDS_WILD_TYPE)
         gene = check_gene(read_gene(gene_file), wt, first, source=f"data.wild_type_dna ({gene_file})")
 
-    table = rank_variants(scores, RankConfig.from_dict(config["rank"]))
+    table = rank_variants(scores, RankConfig.from_dict({**config["rank"], "seed": config["seed"]}))
     if dataset is not None:
         table = add_measured(table, dataset)
     layout = plate_map(table, plate_cfg, controls)

@@ -11,6 +11,10 @@ distance below `min_hamming` to an earlier pick). Candidates arrive in blocks: t
 `pool_factor * top_n` from a partial sort, then (only if the rules reject that many) growing blocks of a
 full sort, so a 10-million-variant table is never turned into Python objects. Each pick gets a one-line
 reason: its acquisition, its rank before diversity, and what was skipped to reach it.
+
+    thompson: slot s of the batch draws f_s = mu + sigma * z_s (z_s ~ N(0, 1) per variant, seeded by the
+              campaign seed) and picks the best draw the diversity rules allow (`_Thompson`); its
+              acquisition is that f_s, its rank its place in that draw.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from lyra.design.library import EnumeratedLayout, LibraryConfig
 from lyra.design.scoring import open_scores
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path, write_text
-from lyra.schema import schema_fields, section_schema, unknown_key_message
+from lyra.schema import error_message, first_error, schema_fields, section_schema, unknown_key_message
 
 log = logging.getLogger("lyra.design.rank")
 
@@ -40,11 +44,12 @@ DIVERSITY_DEFAULTS = {k: sub["default"] for k, sub in section_schema("rank.diver
 
 
 @dataclass
-@schema_fields("rank")
+@schema_fields("rank", derived=("seed",))
 class RankConfig:
     """The `rank:` section; defaults, types and bounds come from lyra/schema.yaml. The picking reads
     strategy, kappa, top_n, pool_factor, allow_fewer and diversity; the plate map
-    (`lyra.design.plate.PlateConfig`) and the picks' genes (`lyra.design.dna.DnaConfig`) read the others."""
+    (`lyra.design.plate.PlateConfig`) and the picks' genes (`lyra.design.dna.DnaConfig`) read the others.
+    `seed` is the campaign's `seed` (not a key of the section): it seeds the thompson strategy's draws."""
 
     strategy: str
     kappa: float
@@ -57,16 +62,22 @@ class RankConfig:
     controls: list
     codon_table: str
     avoid_sites: list
+    seed: int = 0  # the campaign's `seed`
 
     def __post_init__(self) -> None:
+        error = first_error(self.seed, section_schema("seed"))
+        if error is not None:
+            raise ConfigError(error_message(error, "", prefix="seed"))
         self.diversity = {**DIVERSITY_DEFAULTS, **self.diversity}  # every rule, None when off
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "RankConfig":
-        """From the `rank:` section; an unknown key, also inside `diversity`, is a one-line error."""
+        """From the `rank:` section (and the campaign's `seed`); an unknown key, also inside `diversity`,
+        is a one-line error."""
         d = dict(d or {})
         diversity = d["diversity"] if isinstance(d.get("diversity"), Mapping) else {}
-        for prefix, known, given in (("rank.", RANK_KEYS, d), ("rank.diversity.", tuple(DIVERSITY_DEFAULTS), diversity)):
+        for prefix, known, given in (("rank.", (*RANK_KEYS, "seed"), d),
+                                     ("rank.diversity.", tuple(DIVERSITY_DEFAULTS), diversity)):
             unknown = next((k for k in given if k not in known), None)
             if unknown is not None:
                 raise ConfigError(unknown_key_message(unknown, known, prefix))
@@ -74,8 +85,10 @@ class RankConfig:
 
 
 def acquisition(mean: np.ndarray, std: np.ndarray, cfg: RankConfig) -> np.ndarray:
-    """(n,) float64 acquisition; NaN scores rank last."""
-    a = mean.astype(np.float64) if cfg.strategy == "mean" else mean.astype(np.float64) + cfg.kappa * std.astype(np.float64)
+    """(n,) float64 acquisition; NaN scores rank last. thompson has no fixed score (each pick's is its own
+    draw): this gives the ceiling mean + Z_MAX * std that no draw exceeds, the order its pool is read in."""
+    weight = {"mean": 0.0, "ucb": cfg.kappa, "thompson": Z_MAX}[cfg.strategy]
+    a = mean.astype(np.float64) + weight * std.astype(np.float64) if weight else mean.astype(np.float64)
     return np.where(np.isnan(a), -np.inf, a)
 
 
@@ -103,6 +116,23 @@ def _blocks_in_order(acq: np.ndarray, first: int, largest: int = 200_000) -> Ite
         size = min(size * 4, largest)
         yield order[pos: pos + size]
         pos += size
+
+
+def _blocks_with_next(key: np.ndarray, first: int, largest: int = 200_000) -> Iterator[tuple[np.ndarray, int | None]]:
+    """`_blocks_in_order`'s blocks of row numbers by `key` (descending), each with the row that comes next
+    (None after the last): the first block by one partial sort, the full sort only if more is read."""
+    top = _top_rows(key, first + 1)
+    if top.size <= first:
+        yield top, None
+        return
+    yield top[:first], int(top[first])
+    order = np.argsort(-key, kind="stable")  # the same total order as _top_rows
+    pos, size = first, first
+    while pos < order.size:
+        size = min(size * 4, largest)
+        end = pos + size
+        yield order[pos:end], (int(order[end]) if end < order.size else None)
+        pos = end
 
 
 def _read_rows(pf: pq.ParquetFile, rows: np.ndarray, columns: list[str]) -> pd.DataFrame:
@@ -254,19 +284,59 @@ class _Greedy:
                 f"within Hamming distance {int(dist)} of pick {j + 1} (min {self.min_ham})")
         open_ &= ~new
 
-    def scan(self, block_rows: np.ndarray, rows: np.ndarray, first_rank: int) -> None:
-        """Pick from one block (row numbers and their byte rows, in acquisition order)."""
-        n = len(block_rows)
-        open_ = np.ones(n, dtype=bool)  # not (yet) blocked by a rule
-        reason = np.full(n, -1, dtype=np.int64)
-        mutated = self._mutated(rows) if self.wt is not None and rows.shape[1] >= self.wt.size else None
-        if mutated is not None and self.cap_mut is not None:  # rules already in force from earlier blocks
+    def mutated_of(self, rows: np.ndarray) -> np.ndarray | None:
+        """(n, L) bool mutated positions of a block's byte rows, None where the mutation rules cannot see them."""
+        return self._mutated(rows) if self.wt is not None and rows.shape[1] >= self.wt.size else None
+
+    def admit(self, rows: np.ndarray, mutated, open_: np.ndarray, reason: np.ndarray) -> None:
+        """Close the candidates of a new block that the rules in force (from the picks so far) block."""
+        if mutated is not None and self.cap_mut is not None:
             self._block_mut(rows, mutated, open_, reason, self.n_mut >= self.cap_mut)
         if mutated is not None and self.cap_pos is not None:
             self._block_pos(mutated, open_, reason, np.flatnonzero(self.n_pos >= self.cap_pos))
         if self.min_ham is not None:
             for j in range(len(self.picks)):
                 self._block_ham(rows, open_, reason, j)
+
+    def take(self, pick: np.ndarray, row: int, rank: int, skipped: Counter) -> None:
+        """Record a pick (its byte row, row number in the scores, rank, what was skipped to reach it) and
+        count its mutations; `block` then applies what it changed to each block of candidates."""
+        self.picks.append(pick.copy())
+        self.pick_rows.append(row)
+        self.pick_ranks.append(rank)
+        self.pick_skipped.append(skipped)
+        if self.wt is not None and pick.size >= self.wt.size:
+            ps = np.flatnonzero(self._mutated(pick[None, :])[0])
+            if self.cap_mut is not None:
+                self.n_mut[ps, pick[ps]] += 1
+            if self.cap_pos is not None:
+                self.n_pos[ps] += 1
+
+    def block(self, rows: np.ndarray, mutated, open_: np.ndarray, reason: np.ndarray) -> None:
+        """Close the candidates of a block that the last pick (`take`) blocks: a mutation or position it
+        brought to its cap, or a Hamming distance to it below the minimum."""
+        pick = self.picks[-1]
+        if mutated is not None and pick.size >= self.wt.size:
+            ps = np.flatnonzero(self._mutated(pick[None, :])[0])
+            if self.cap_mut is not None:
+                full = np.zeros_like(self.n_mut, dtype=bool)
+                full[ps, pick[ps]] = self.n_mut[ps, pick[ps]] >= self.cap_mut
+                if full.any():
+                    self._block_mut(rows, mutated, open_, reason, full)
+            if self.cap_pos is not None:
+                full_pos = ps[self.n_pos[ps] == self.cap_pos]
+                if full_pos.size:
+                    self._block_pos(mutated, open_, reason, full_pos)
+        if self.min_ham is not None:
+            self._block_ham(rows, open_, reason, len(self.picks) - 1)
+
+    def scan(self, block_rows: np.ndarray, rows: np.ndarray, first_rank: int) -> None:
+        """Pick from one block (row numbers and their byte rows, in acquisition order)."""
+        n = len(block_rows)
+        open_ = np.ones(n, dtype=bool)  # not (yet) blocked by a rule
+        reason = np.full(n, -1, dtype=np.int64)
+        mutated = self.mutated_of(rows)
+        self.admit(rows, mutated, open_, reason)  # rules already in force from earlier blocks
         i = 0
         while not self.done:
             nxt = np.flatnonzero(open_[i:])
@@ -274,28 +344,11 @@ class _Greedy:
                 break
             k = i + int(nxt[0])
             self._count_skipped(reason[i:k])
-            self.picks.append(rows[k].copy())
-            self.pick_rows.append(int(block_rows[k]))
-            self.pick_ranks.append(first_rank + k)
-            self.pick_skipped.append(self.skipped)
+            self.take(rows[k], int(block_rows[k]), first_rank + k, self.skipped)
             self.skipped = Counter()
             open_[k] = False
             reason[k] = -2  # picked
-            if mutated is not None:
-                ps = np.flatnonzero(mutated[k])
-                if self.cap_mut is not None:
-                    self.n_mut[ps, rows[k, ps]] += 1
-                    full = np.zeros_like(self.n_mut, dtype=bool)
-                    full[ps, rows[k, ps]] = self.n_mut[ps, rows[k, ps]] >= self.cap_mut
-                    if full.any():
-                        self._block_mut(rows, mutated, open_, reason, full)
-                if self.cap_pos is not None:
-                    self.n_pos[ps] += 1
-                    full_pos = ps[self.n_pos[ps] == self.cap_pos]
-                    if full_pos.size:
-                        self._block_pos(mutated, open_, reason, full_pos)
-            if self.min_ham is not None:
-                self._block_ham(rows, open_, reason, len(self.picks) - 1)
+            self.block(rows, mutated, open_, reason)
             i = k + 1
         if not self.done:
             self._count_skipped(reason[i:])
@@ -310,16 +363,161 @@ class _Greedy:
                 self.skipped[self.texts[c]] += count
 
 
+# Thompson draws are standard normal deviates truncated to |z| <= Z_MAX (a draw is changed with
+# probability 2e-9), so every draw of a variant lies at or below its ceiling mean + Z_MAX * std.
+Z_MAX = 6.0
+_THOMPSON_STREAM = 0x7468_6F6D  # mixed into the campaign seed: ranking's stream, apart from training's
+_FIRST_CHUNK = 1024  # draws are made in chunks of the pool growing 4-fold from this
+
+
+class _Segment:
+    """One block of the Thompson pool (in ceiling order) with its rule state: the greedy pass's block."""
+
+    def __init__(self, rows: np.ndarray, data: np.ndarray, mean: np.ndarray, std: np.ndarray, ceiling: np.ndarray,
+                 greedy: _Greedy):
+        self.rows, self.data = rows, data  # row numbers in the scores file; byte rows
+        self.mean, self.std, self.ceiling = mean, std, ceiling
+        self.open = np.ones(rows.size, dtype=bool)  # neither picked nor blocked by a rule
+        self.reason = np.full(rows.size, -1, dtype=np.int64)  # -1 open, -2 picked, else a rule's text code
+        self.mutated = greedy.mutated_of(data)
+        greedy.admit(data, self.mutated, self.open, self.reason)
+        chunks, start, size = [], 0, _FIRST_CHUNK
+        while start < rows.size:
+            chunks.append((start, min(rows.size, start + size)))
+            start, size = start + size, size * 4
+        self.chunks = chunks
+
+
+class _Thompson:
+    """Batch Thompson sampling (Kandasamy et al. 2018) with the ensemble's Gaussian approximation: slot s
+    draws f_s = mean + std * z_s (z_s independent per variant and slot) and picks the argmax of f_s among
+    the candidates not picked yet that the diversity rules (`_Greedy`'s, applied the same way) allow.
+
+    Only a pool is drawn on: the `pool_factor * top_n` variants with the highest ceiling mean + Z_MAX * std
+    (one partial sort), in ceiling order. As the draws are truncated at Z_MAX, no variant's draw exceeds
+    its ceiling, so a slot stops drawing as soon as its best allowed value is at least the next
+    variant's ceiling: nothing further down can beat it, also outside the pool. Such a pick is exactly the
+    argmax over the whole library, and for a model that separates the variants (ensemble std small next
+    to the spread of the means) that holds after a few thousand draws. A variant outside the pool can only
+    win a draw that reaches the pool's end below the next ceiling: many variants of close means and large
+    std, each with a small chance, where the pick is still the best of the pool_factor * top_n variants
+    most likely to win; such draws are counted in the log (raise rank.pool_factor to draw on more).
+
+    When the diversity rules have closed every variant of the pool, the next block of the ceiling order is
+    added, as the greedy pass reads its next block; with none left, the ranking is short (`_short_ranking`).
+    Each slot's draws are vectorised over the pool, so a slot costs one pass over (a prefix of) the pool.
+    """
+
+    def __init__(self, cfg: RankConfig, greedy: _Greedy, candidates: "_Candidates", mean: np.ndarray,
+                 std: np.ndarray):
+        self.cfg, self.greedy, self.candidates = cfg, greedy, candidates
+        bad = np.isnan(mean) | np.isnan(std)  # rank last, as acquisition() ranks NaN scores
+        self.mean = np.where(bad, -np.inf, mean.astype(np.float64))
+        self.std = np.where(bad, 0.0, std.astype(np.float64))
+        self.ceiling = self.mean + Z_MAX * self.std
+        self.blocks = _blocks_with_next(self.ceiling, cfg.pool_factor * cfg.top_n)
+        self.segments: list[_Segment] = []
+        self.pooled = 0
+        self.next_ceiling = -np.inf  # the highest ceiling outside the pool
+        self.rng = np.random.default_rng([cfg.seed, _THOMPSON_STREAM])
+        self.draws: list[float] = []  # each pick's f_s
+        self.z: list[float] = []
+        self.uncertain = 0  # draws that reached the pool's end below the next ceiling
+
+    def extend(self) -> bool:
+        """Add the next block of the ceiling order to the pool; False when the library is all in it."""
+        block, after = next(self.blocks, (None, None))
+        if block is None:
+            return False
+        if self.segments:
+            log.info("diversity rules left %d of %d picks after %d candidates; reading more",
+                     len(self.greedy.picks), self.cfg.top_n, self.pooled)
+        self.segments.append(_Segment(block, self.candidates.rows(block), self.mean[block], self.std[block],
+                                      self.ceiling[block], self.greedy))
+        self.pooled += block.size
+        self.next_ceiling = -np.inf if after is None else float(self.ceiling[after])  # the highest outside
+        return True
+
+    def _draw(self):
+        """One slot's draw over (a prefix of) the pool: the best allowed (value, segment, position), every
+        drawn chunk (segment, start, values), and whether the best is certain to beat everything undrawn;
+        best is None when no variant in the pool is open."""
+        best, drawn = None, []
+        for si, seg in enumerate(self.segments):
+            for lo, hi in seg.chunks:
+                if best is not None and best[0] >= seg.ceiling[lo]:  # ceilings descend: nothing below wins
+                    return best, drawn, True
+                f = self.rng.standard_normal(hi - lo)
+                np.clip(f, -Z_MAX, Z_MAX, out=f)
+                f *= seg.std[lo:hi]
+                f += seg.mean[lo:hi]
+                drawn.append((si, lo, f))
+                open_ = seg.open[lo:hi]
+                allowed = np.where(open_, f, -np.inf)
+                k = int(np.argmax(allowed))  # ties: the first in ceiling order
+                if allowed[k] == -np.inf:  # none open, or only unscored (NaN) ones
+                    opened = np.flatnonzero(open_)
+                    if opened.size == 0:
+                        continue
+                    k = int(opened[0])
+                if best is None or allowed[k] > best[0]:
+                    best = (float(allowed[k]), si, lo + k)
+        return best, drawn, best is not None and best[0] >= self.next_ceiling
+
+    def _ahead(self, drawn, value: float, si: int, k: int) -> tuple[int, Counter]:
+        """The variants not picked yet that the draw ranks above the pick (all blocked by a rule, as the
+        pick is the best open one), and their reasons."""
+        ahead, skipped = 0, Counter()
+        for sj, lo, f in drawn:
+            cand = np.flatnonzero(f >= value)  # few: the earlier picks and blocked variants above the pick
+            cand = cand[(f[cand] > value) | (sj < si) | ((sj == si) & (lo + cand < k))]  # ties: order
+            codes = self.segments[sj].reason[lo + cand]
+            codes = codes[codes >= 0]
+            ahead += codes.size
+            for c in codes.tolist():
+                skipped[self.greedy.texts[c]] += 1
+        return ahead, skipped
+
+    def run(self) -> None:
+        greedy = self.greedy
+        if not self.extend():
+            return
+        while not greedy.done:
+            best, drawn, certain = self._draw()
+            if best is None:  # the rules closed the whole pool: read on, as the greedy pass does
+                if self.extend():
+                    continue
+                break
+            value, si, k = best
+            self.uncertain += not certain
+            ahead, skipped = self._ahead(drawn, value, si, k)
+            seg = self.segments[si]
+            greedy.take(seg.data[k], int(seg.rows[k]), ahead + 1, skipped)
+            seg.open[k] = False
+            seg.reason[k] = -2
+            for other in self.segments:
+                greedy.block(other.data, other.mutated, other.open, other.reason)
+            self.draws.append(value)
+            self.z.append((value - seg.mean[k]) / seg.std[k] if seg.std[k] > 0 else 0.0)
+        if self.uncertain:
+            log.info("thompson: %d of %d draws reached the end of the pool (%d variants) below the best "
+                     "ceiling outside it; a larger rank.pool_factor draws on more", self.uncertain,
+                     len(greedy.picks), self.pooled)
+
+
 def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
-def _reason(mu: float, sd: float, a: float, acq_rank: int, skipped: Counter, cfg: RankConfig) -> str:
-    if cfg.strategy == "ucb":
-        head = f"UCB {_fmt(a)} = mean {_fmt(mu)} + {cfg.kappa:g}*std {_fmt(sd)}"
+def _reason(mu: float, sd: float, a: float, acq_rank: int, skipped: Counter, cfg: RankConfig,
+            slot: int = 0, z: float = 0.0) -> str:
+    if cfg.strategy == "thompson":
+        text = (f"Thompson draw {slot}: {_fmt(a)} = mean {_fmt(mu)} + std {_fmt(sd)} * z {z:.3f}; "
+                f"rank {acq_rank} in the draw")
+    elif cfg.strategy == "ucb":
+        text = f"UCB {_fmt(a)} = mean {_fmt(mu)} + {cfg.kappa:g}*std {_fmt(sd)}; rank {acq_rank} by acquisition"
     else:
-        head = f"mean {_fmt(mu)} (ensemble std {_fmt(sd)})"
-    text = f"{head}; rank {acq_rank} by acquisition"
+        text = f"mean {_fmt(mu)} (ensemble std {_fmt(sd)}); rank {acq_rank} by acquisition"
     n = sum(skipped.values())
     if len(skipped) == 1:
         text += f"; skipped {n} higher-scoring variant{'s' if n > 1 else ''} {next(iter(skipped))}"
@@ -368,21 +566,26 @@ def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, A
     mean = stats.column("mean").to_numpy()
     std = stats.column("std").to_numpy()
     del stats
-    acq = acquisition(mean, std, cfg)
-    if acq.size == 0:
+    if mean.size == 0:
         raise DataError("the library has no scored variants (all excluded?)", str(scores_path))
     candidates = _Candidates(pf, meta, index)
     greedy = _Greedy(cfg, meta.get("wild_type"), meta.get("first_position", 1))
-    seen = 0
-    for block in _blocks_in_order(acq, cfg.pool_factor * cfg.top_n):
-        greedy.scan(block, candidates.rows(block), first_rank=seen + 1)
-        seen += block.size
-        if greedy.done:
-            break
-        log.info("diversity rules left %d of %d picks after %d candidates; reading more", len(greedy.picks),
-                 cfg.top_n, seen)
+    if cfg.strategy == "thompson":
+        thompson = _Thompson(cfg, greedy, candidates, mean, std)
+        thompson.run()
+        acq = np.array(thompson.draws, dtype=np.float64)  # per pick, not per variant
+    else:
+        acq = acquisition(mean, std, cfg)
+        seen = 0
+        for block in _blocks_in_order(acq, cfg.pool_factor * cfg.top_n):
+            greedy.scan(block, candidates.rows(block), first_rank=seen + 1)
+            seen += block.size
+            if greedy.done:
+                break
+            log.info("diversity rules left %d of %d picks after %d candidates; reading more", len(greedy.picks),
+                     cfg.top_n, seen)
     if not greedy.done:
-        _short_ranking(len(greedy.picks), acq.size, cfg)
+        _short_ranking(len(greedy.picks), mean.size, cfg)
     rows = np.array(greedy.pick_rows, dtype=np.int64)
     columns = [c for c in ("variant_id", "mutations", "n_mutations") if c in names]
     out = _read_rows(pf, rows, columns).reset_index(drop=True)
@@ -391,10 +594,15 @@ def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, A
     out["sequence"] = [p[p > 0].tobytes().decode() for p in greedy.picks]
     out["mean"] = mean[rows].astype(np.float64)
     out["std"] = std[rows].astype(np.float64)
-    out["acquisition"] = acq[rows]
+    if cfg.strategy == "thompson":
+        out["acquisition"] = acq  # each pick's own draw f_s
+        z = thompson.z
+    else:
+        out["acquisition"] = acq[rows]
+        z = [0.0] * len(rows)
     out["acquisition_rank"] = greedy.pick_ranks  # ties ranked by file order
-    out["reason"] = [_reason(m, s, a, k, why, cfg) for m, s, a, k, why in
-                     zip(out["mean"], out["std"], out["acquisition"], out["acquisition_rank"], greedy.pick_skipped)]
+    out["reason"] = [_reason(m, s, a, k, why, cfg, slot, zz) for slot, (m, s, a, k, why, zz) in enumerate(
+        zip(out["mean"], out["std"], out["acquisition"], out["acquisition_rank"], greedy.pick_skipped, z), 1)]
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out[RANK_COLUMNS]
 

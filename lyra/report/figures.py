@@ -492,3 +492,30 @@ def _cmap():
     import matplotlib
 
     return matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
+
+
+# ----------------------------------------------------------------------------------------------------
+# retrospective campaigns
+
+
+def plot_campaigns(summary: pd.DataFrame, out: str | Path) -> Path:
+    """Best fitness found over the landscape's global max against variants screened, one line per
+    strategy with its standard-error band; the share of runs at the global max in the legend."""
+    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    for k, (strategy, rows) in enumerate(summary.groupby("strategy", sort=False)):
+        x = rows["screened"].to_numpy()
+        y = rows["mean_norm_max"].to_numpy(dtype=np.float64)
+        sem = rows["sem"].fillna(0).to_numpy(dtype=np.float64)
+        color = SEED_COLORS[k % len(SEED_COLORS)]
+        last = rows.iloc[-1]
+        label = (f"{strategy}: {y[-1]:.3f} at {int(x[-1])}, {100 * last['frac_global_max']:.0f}% at the max "
+                 f"({int(last['runs'])} runs)")
+        ax.plot(x, y, marker="o", color=color, lw=2, label=label)
+        ax.fill_between(x, y - sem, y + sem, color=color, alpha=0.2, lw=0)
+    ax.set(xlabel="variants screened", ylabel="best found / global max",
+           title="Retrospective campaigns: mean over runs, band = standard error")
+    ax.set_ylim(top=1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="lower right")
+    return _save(fig, out)

@@ -1,0 +1,183 @@
+"""Retrospective campaigns (lyra.campaign.simulate): the bookkeeping on a landscape small enough to check
+by hand, the same first plate for every strategy of a run, resuming a killed run, the summary's numbers,
+and `snakemake simulate` end to end on a landscape written from scratch."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from lyra.campaign.config import resolve_config
+from lyra.campaign.simulate import (Landscape, initial_plate, simulate_run, strategies, strategy_config,
+                                    summarise)
+from lyra.data.dataset import prepare_dataset
+from lyra.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WT = "MKTAYIAKQRQISFVKSHFSRQ"
+SITES = {3: "TAVL", 7: "AGSP", 12: "ISTW"}  # 4 x 4 x 4 = 64 variants, every one measured
+TINY = {"model": {"d_model": 8, "d_state": 4}, "train": {"seeds": 2, "max_epochs": 3, "patience": 2, "batch_size": 8}}
+
+
+def landscape_file(tmp: Path) -> Path:
+    """A complete additive landscape with one clear best variant (fitness 10.0)."""
+    rows = []
+    for letters in itertools.product(*SITES.values()):
+        muts = [f"{WT[p - 1]}{p}{a}" for p, a in zip(SITES, letters) if a != WT[p - 1]]
+        score = sum(i for a, choices in zip(letters, SITES.values()) for i, c in enumerate(choices) if c == a)
+        rows.append({"mutant": ":".join(muts) or "WT", "fitness": 1.0 + score})
+    frame = pd.DataFrame(rows)
+    assert frame["fitness"].max() == 10.0 and (frame["fitness"] == 10.0).sum() == 1
+    path = tmp / "landscape.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def campaign(tmp: Path, **simulate) -> dict:
+    data = landscape_file(tmp)
+    raw = {"campaign": "sim", "data": {"path": str(data), "mutations_column": "mutant", "wild_type": WT,
+                                       "target_column": "fitness"},
+           "split": {"method": "random", "fractions": {"train": 1.0}}, **TINY,
+           "simulate": {"initial": {"size": 8}, "rounds": 3, "batch_size": 4, "runs": 2, **simulate}}
+    return resolve_config(raw, base_dir=tmp)
+
+
+@pytest.fixture
+def sim(tmp_path):
+    config = campaign(tmp_path, strategies={"random": {"model": "random"}, "lyra": {"model": "lyra"}})
+    dataset = prepare_dataset(config["data"], config["split"], tmp_path / "landscape.parquet")
+    from lyra.campaign.simulate import write_library
+
+    library = write_library(dataset, tmp_path / "library.parquet")
+    return config, dataset, library, tmp_path
+
+
+def run(sim, strategy, number, name="out"):
+    config, dataset, library, tmp = sim
+    out, picks, work = tmp / name / f"{strategy}{number}.parquet", tmp / name / f"{strategy}{number}.csv", \
+        tmp / name / "work" / f"{strategy}{number}"
+    simulate_run(config, dataset, library, strategy, number, out, picks, work)
+    return pd.read_parquet(out), pd.read_csv(picks), work
+
+
+def test_every_strategy_of_a_run_starts_from_the_same_plate_and_never_measures_twice(sim):
+    config = sim[0]
+    for number in (0, 1):
+        tables = {s: run(sim, s, number) for s in ("random", "lyra")}
+        first = {s: set(picks.loc[picks["round"] == 0, "variant_id"]) for s, (_, picks, _) in tables.items()}
+        assert first["random"] == first["lyra"] and len(first["random"]) == 8
+        for table, picks, _ in tables.values():
+            assert not picks["sequence"].duplicated().any()
+            assert picks.groupby("round").size().tolist() == [8, 4, 4, 4]
+            assert table["screened"].tolist() == [8, 12, 16, 20]
+            # the table agrees with the picks, recomputed by hand
+            for r, row in table.iterrows():
+                so_far = picks.loc[picks["round"] <= r, "fitness"]
+                assert row["best"] == so_far.max()
+                assert row["norm_best"] == pytest.approx(so_far.max() / 10.0)
+                assert row["global_max_found"] == (so_far.max() == 10.0)
+                assert row["batch_mean"] == pytest.approx(picks.loc[picks["round"] == r, "fitness"].mean())
+    plates = [set(run(sim, "random", k, f"again{k}")[1].query("round == 0")["variant_id"]) for k in (0, 1)]
+    assert plates[0] != plates[1]  # runs differ from each other
+
+
+def test_a_killed_run_resumes_at_its_last_finished_round(sim):
+    whole, picks, work = run(sim, "random", 0, "whole")
+    config, dataset, library, tmp = sim
+    # a run killed after round 1: rounds 0 and 1 are on disk, the rest is not
+    killed = tmp / "killed" / "work"
+    killed.mkdir(parents=True)
+    for r in (0, 1):
+        (killed / f"round{r}.csv").write_bytes((work / f"round{r}.csv").read_bytes())
+    # the resumed run reads rounds 0 and 1 back (their recorded times too) and computes rounds 2 and 3
+    resumed_out = tmp / "killed" / "run.parquet"
+    simulate_run(config, dataset, library, "random", 0, resumed_out, tmp / "killed" / "picks.csv", killed)
+    resumed = pd.read_parquet(resumed_out)
+    pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), whole.drop(columns="seconds"))
+    assert resumed["seconds"].iloc[:2].tolist() == whole["seconds"].iloc[:2].tolist()
+
+
+def test_lyra_strategy_picks_unmeasured_variants_with_the_products_stages(sim):
+    table, picks, work = run(sim, "lyra", 0)
+    assert picks.groupby("round").size().tolist() == [8, 4, 4, 4]
+    assert not picks["variant_id"].duplicated().any()
+    assert not list(work.rglob("*.pt"))  # the round's models are not kept
+
+
+def test_summary_numbers_by_hand():
+    runs = pd.DataFrame({
+        "strategy": ["a"] * 4 + ["b"] * 2, "run": [0, 0, 1, 1, 0, 0], "round": [0, 1, 0, 1, 0, 1],
+        "screened": [2, 4, 2, 4, 2, 4], "best": [4.0, 8.0, 6.0, 10.0, 5.0, 5.0],
+        "norm_best": [0.4, 0.8, 0.6, 1.0, 0.5, 0.5], "global_max_found": [False, False, False, True, False, False],
+    })
+    s = summarise(runs).set_index(["strategy", "screened"])
+    assert s.loc[("a", 4), "runs"] == 2
+    assert s.loc[("a", 4), "mean_max"] == pytest.approx(9.0)
+    assert s.loc[("a", 4), "mean_norm_max"] == pytest.approx(0.9)
+    assert s.loc[("a", 4), "sem"] == pytest.approx(math.sqrt(0.02) / math.sqrt(2))  # sd of 0.8, 1.0
+    assert s.loc[("a", 4), "frac_global_max"] == pytest.approx(0.5)
+    assert s.loc[("a", 2), "frac_global_max"] == 0.0
+    assert math.isnan(s.loc[("b", 4), "sem"])  # one run: no standard error
+
+
+def test_default_strategies_and_overrides(tmp_path):
+    config = campaign(tmp_path)
+    assert list(strategies(config)) == ["random", "ridge", "lyra"]
+    config = campaign(tmp_path, strategies={"small": {"model": "lyra", "lyra": {"d_model": 4}, "train": {"seeds": 1},
+                                                      "rank": {"strategy": "mean"}}})
+    cfg = strategy_config(config, "small")
+    assert cfg["model"]["d_model"] == 4 and cfg["model"]["d_state"] == 4  # the campaign's other keys stay
+    assert cfg["train"]["seeds"] == 1 and cfg["rank"]["strategy"] == "mean"
+
+
+@pytest.mark.parametrize("strategy, message", [
+    ({"model": "lyra", "train": {"sedes": 2}}, "simulate.strategies.bad.train.sedes"),
+    ({"model": "lyra", "lyra": {"d_state": 3}}, "simulate.strategies.bad.lyra.d_state"),
+    ({"model": "forest"}, "simulate.strategies.bad.model"),
+])
+def test_a_bad_strategy_is_one_line_naming_its_key(tmp_path, strategy, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as e:
+        config = campaign(tmp_path, strategies={"bad": strategy})
+        strategy_config(config, "bad")
+    assert "\n" not in str(e.value)
+
+
+def test_first_plate_from_a_file_is_the_same_in_every_run(sim, tmp_path):
+    config = sim[0]
+    plate = tmp_path / "plate.csv"
+    pd.DataFrame({"mutations": ["T3A", "T3V:I12S", "WT"]}).to_csv(plate, index=False)
+    config = {**config, "simulate": {**config["simulate"], "initial": {"method": "file", "path": str(plate)}}}
+    land = Landscape.load(sim[1])
+    rows = [initial_plate(config, land, k) for k in (0, 1)]
+    assert np.array_equal(rows[0], rows[1]) and len(rows[0]) == 3
+
+
+@pytest.mark.slow
+def test_snakemake_simulate_end_to_end(tmp_path):
+    """`snakemake simulate --configfile` on a landscape written from scratch: every run's table, the
+    summary with one row per strategy and budget, and the figure."""
+    data = landscape_file(tmp_path)
+    config = {"campaign": "sim", "data": {"path": str(data), "mutations_column": "mutant", "wild_type": WT,
+                                          "target_column": "fitness"},
+              "split": {"method": "random", "fractions": {"train": 1.0}}, **TINY,
+              "simulate": {"initial": {"size": 8}, "rounds": 2, "batch_size": 4, "runs": 2}}
+    (tmp_path / "sim.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run([str(BIN / "snakemake"), "simulate", "-s", str(ROOT / "Snakefile"), "--configfile",
+                           "sim.yaml", "--cores", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "results" / "sim" / "simulation"
+    summary = pd.read_csv(root / "summary.csv")
+    assert summary["strategy"].unique().tolist() == ["random", "ridge", "lyra"]
+    assert summary["screened"].tolist() == [8, 12, 16] * 3 and (summary["runs"] == 2).all()
+    runs = pd.read_parquet(root / "runs.parquet")
+    assert len(runs) == 3 * 2 * 3
+    assert (root / "summary.png").stat().st_size > 10_000
