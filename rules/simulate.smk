@@ -2,7 +2,7 @@
 # One job per (strategy, run), so a cluster spreads them; each keeps its finished rounds under
 # simulation/work/ and a rerun of a killed job resumes there. lyra.campaign.simulate has the protocol.
 
-from lyra.campaign.simulate import run_numbers, strategies
+from lyra.campaign.simulate import run_numbers, strategies, strategy_pattern
 
 SIM_STRATEGIES = strategies(config)
 SIM_RUNS = run_numbers(config)
@@ -33,7 +33,16 @@ rule simulate_library:
         "lyra simulate-library --dataset {input.dataset:q} --out {output:q} > {log:q} 2>&1"
 
 
-rule simulate_run:
+SIMULATE_RUN = (
+    "lyra simulate-run --config {input.cfg:q} --dataset {input.dataset:q} --library {input.library:q}"
+    " --strategy {wildcards.strategy:q} --run {wildcards.run} --out {output.table:q} --picks {output.picks:q}"
+    " --work {params.work:q} > {log:q} 2>&1"
+)
+
+
+# The Lyra strategies train and score ensembles: a GPU each where the cluster has them. Two rules with
+# the same files, told apart by the strategy's model, so a profile can place each on its partition.
+rule simulate_lyra:
     input:
         cfg=stage_cfg("simulate"),
         dataset=res(layout.DATASET),
@@ -44,21 +53,48 @@ rule simulate_run:
         picks=res(layout.SIM_PICKS),
     params:
         work=lambda wildcards: res(layout.SIM_WORK.format(strategy=wildcards.strategy, run=wildcards.run)),
+    wildcard_constraints:
+        strategy=strategy_pattern(config, "lyra"),
     log:
         res(layout.log("simulate/{strategy}/run{run}")),
     benchmark:
         res(layout.benchmark("simulate/{strategy}/run{run}"))
     threads: 2
     resources:
-        gpu=lambda wildcards: int(SIM_STRATEGIES[wildcards.strategy]["model"] == "lyra"),
+        gpu=1,
         mem_mb=8000,
         runtime=240,
     conda:
         "../envs/lyra.yaml"
     shell:
-        "lyra simulate-run --config {input.cfg:q} --dataset {input.dataset:q} --library {input.library:q}"
-        " --strategy {wildcards.strategy:q} --run {wildcards.run} --out {output.table:q} --picks {output.picks:q}"
-        " --work {params.work:q} > {log:q} 2>&1"
+        SIMULATE_RUN
+
+
+rule simulate_baseline:
+    input:
+        cfg=stage_cfg("simulate"),
+        dataset=res(layout.DATASET),
+        library=res(layout.SIM_LIBRARY),
+        files=STAGE_INPUTS["simulate"],
+    output:
+        table=res(layout.SIM_RUN),
+        picks=res(layout.SIM_PICKS),
+    params:
+        work=lambda wildcards: res(layout.SIM_WORK.format(strategy=wildcards.strategy, run=wildcards.run)),
+    wildcard_constraints:
+        strategy=strategy_pattern(config, "random", "ridge"),
+    log:
+        res(layout.log("simulate/{strategy}/run{run}")),
+    benchmark:
+        res(layout.benchmark("simulate/{strategy}/run{run}"))
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/lyra.yaml"
+    shell:
+        SIMULATE_RUN
 
 
 rule simulate_collect:

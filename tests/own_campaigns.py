@@ -11,6 +11,7 @@ campaign: every value in results/<campaign>/config/ is the user's or the schema'
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -211,3 +212,23 @@ def _default_for(schema: dict, path: list[str]):
             value = value[key]
         return value
     raise KeyError(".".join(path))
+
+
+# A complete landscape for retrospective campaigns (snakemake simulate): every variant measured.
+SIM_WT = "MKTAYIAKQRQISFVKSHFSRQ"
+SIM_SITES = {3: "TAVL", 7: "AGSP", 12: "ISTW"}  # 4 x 4 x 4 = 64 variants, every one measured
+SIM_TINY = {"model": {"d_model": 8, "d_state": 4}, "train": {"seeds": 2, "max_epochs": 3, "patience": 2, "batch_size": 8}}
+
+
+def landscape_file(tmp: Path) -> Path:
+    """A complete additive landscape with one clear best variant (fitness 10.0)."""
+    rows = []
+    for letters in itertools.product(*SIM_SITES.values()):
+        muts = [f"{SIM_WT[p - 1]}{p}{a}" for p, a in zip(SIM_SITES, letters) if a != SIM_WT[p - 1]]
+        score = sum(i for a, choices in zip(letters, SIM_SITES.values()) for i, c in enumerate(choices) if c == a)
+        rows.append({"mutant": ":".join(muts) or "WT", "fitness": 1.0 + score})
+    frame = pd.DataFrame(rows)
+    assert frame["fitness"].max() == 10.0 and (frame["fitness"] == 10.0).sum() == 1
+    path = tmp / "landscape.csv"
+    frame.to_csv(path, index=False)
+    return path

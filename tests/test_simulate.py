@@ -4,7 +4,6 @@ and `snakemake simulate` end to end on a landscape written from scratch."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import subprocess
 import sys
@@ -20,28 +19,12 @@ from lyra.campaign.simulate import (Landscape, initial_plate, simulate_run, stra
                                     summarise)
 from lyra.data.dataset import prepare_dataset
 from lyra.errors import ConfigError
+from own_campaigns import SIM_TINY as TINY
+from own_campaigns import SIM_WT as WT
+from own_campaigns import landscape_file
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-WT = "MKTAYIAKQRQISFVKSHFSRQ"
-SITES = {3: "TAVL", 7: "AGSP", 12: "ISTW"}  # 4 x 4 x 4 = 64 variants, every one measured
-TINY = {"model": {"d_model": 8, "d_state": 4}, "train": {"seeds": 2, "max_epochs": 3, "patience": 2, "batch_size": 8}}
-
-
-def landscape_file(tmp: Path) -> Path:
-    """A complete additive landscape with one clear best variant (fitness 10.0)."""
-    rows = []
-    for letters in itertools.product(*SITES.values()):
-        muts = [f"{WT[p - 1]}{p}{a}" for p, a in zip(SITES, letters) if a != WT[p - 1]]
-        score = sum(i for a, choices in zip(letters, SITES.values()) for i, c in enumerate(choices) if c == a)
-        rows.append({"mutant": ":".join(muts) or "WT", "fitness": 1.0 + score})
-    frame = pd.DataFrame(rows)
-    assert frame["fitness"].max() == 10.0 and (frame["fitness"] == 10.0).sum() == 1
-    path = tmp / "landscape.csv"
-    frame.to_csv(path, index=False)
-    return path
-
-
 def campaign(tmp: Path, **simulate) -> dict:
     data = landscape_file(tmp)
     raw = {"campaign": "sim", "data": {"path": str(data), "mutations_column": "mutant", "wild_type": WT,

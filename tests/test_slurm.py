@@ -30,11 +30,11 @@ def env_with_venv() -> dict:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def dry_run_resources(profile: str, *extra: str) -> dict[str, list[dict[str, str]]]:
+def dry_run_resources(profile: str, target: str = "all", configfiles: tuple = ()) -> dict[str, list[dict[str, str]]]:
     """rule -> the `resources:` of each of its jobs, from `snakemake --profile <profile> -n` at the root."""
     proc = subprocess.run(
-        [str(BIN / "snakemake"), "--profile", profile, "-n", "--configfile", *CI_CONFIGS,
-         "--config", "campaign=slurm_dry_run", *extra],
+        [str(BIN / "snakemake"), target, "--profile", profile, "-n", "--configfile", *CI_CONFIGS, *configfiles,
+         "--config", "campaign=slurm_dry_run"],
         cwd=ROOT, capture_output=True, text=True, env=env_with_venv(), timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
@@ -76,8 +76,24 @@ def test_site_profile_gives_the_gpu_rules_one_gpu_and_the_rest_none():
         assert all("gpu" not in j and int(j["mem_mb"]) <= 4000 for j in jobs[rule]), (rule, jobs[rule])
     assert jobs["train"][0]["mem_mb"] == "8000" and jobs["train"][0]["runtime"] == "240"
     # Every rule the profile names exists in the workflow (a renamed rule would silently lose its resources).
-    named = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
-    assert set(named) <= set(jobs), set(named) - set(jobs)
+    for profile in ("slurm", "ci-slurm"):
+        named = yaml.safe_load((ROOT / "profiles" / profile / "config.yaml").read_text())["set-resources"]
+        assert set(named) <= workflow_rules(), set(named) - workflow_rules()
+
+
+def workflow_rules() -> set[str]:
+    proc = subprocess.run([str(BIN / "snakemake"), "--list-rules", "--configfile", *CI_CONFIGS], cwd=ROOT,
+                          capture_output=True, text=True, env=env_with_venv(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return set(proc.stdout.split())
+
+
+def test_the_simulation_places_lyra_runs_on_gpus_and_baselines_on_cpus(tmp_path):
+    (tmp_path / "one_run.yaml").write_text("simulate: {runs: 1}\n")
+    jobs = dry_run_resources("profiles/ci-slurm", target="simulate", configfiles=(str(tmp_path / "one_run.yaml"),))
+    assert len(jobs["simulate_lyra"]) == 1 and len(jobs["simulate_baseline"]) == 2  # lyra; random, ridge
+    assert all(j.get("gpu") == "1" and j.get("slurm_partition") == "gpu" for j in jobs["simulate_lyra"])
+    assert all("gpu" not in j and j.get("slurm_partition") == "debug" for j in jobs["simulate_baseline"])
 
 
 def test_ci_profile_puts_gpu_rules_on_the_gpu_partition():
@@ -151,3 +167,44 @@ def test_a_failed_jobs_reason_reaches_the_console_through_slurm(tmp_path):
     assert "SLURM run ID" in proc.stdout + proc.stderr  # it did go through SLURM
     lines = [line for line in proc.stderr.splitlines() if "logs/preprocess.log: error:" in line]
     assert len(lines) == 1 and "rounds/1/measurements.csv, row 22" in lines[0], proc.stderr[-3000:]
+
+
+@pytest.mark.slurm
+def test_retrospective_campaign_through_slurm_equals_the_local_run(tmp_path):
+    """`snakemake simulate` with the CI profile: Lyra runs on the GPU partition, baselines on the CPU
+    one, and every run's rounds are those of the same simulation run locally."""
+    import fcntl
+
+    import pandas as pd
+
+    from own_campaigns import SIM_TINY, SIM_WT, landscape_file
+
+    skip_without_a_test_cluster()
+    data = landscape_file(tmp_path)
+    config = {"campaign": "sim", "data": {"path": str(data), "mutations_column": "mutant", "wild_type": SIM_WT,
+                                          "target_column": "fitness"},
+              "split": {"method": "random", "fractions": {"train": 1.0}}, **SIM_TINY,
+              "simulate": {"initial": {"size": 8}, "rounds": 2, "batch_size": 4, "runs": 1}}
+    runs = {}
+    for where, profile in (("local", []), ("slurm", ["--profile", str(ROOT / "profiles" / "ci-slurm")])):
+        folder = tmp_path / where
+        folder.mkdir()
+        (folder / "sim.yaml").write_text(yaml.safe_dump(config))
+        command = [str(BIN / "snakemake"), "simulate", "--snakefile", str(ROOT / "Snakefile"), *profile,
+                   "--configfile", "sim.yaml", *([] if profile else ["--cores", "2"])]
+        if where == "local":
+            proc = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env_with_venv(), timeout=900)
+        else:
+            with open("/tmp/lyra-slurm-e2e.lock", "w") as lock:  # the cluster is machine-wide
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                subprocess.run(["bash", str(CLUSTER_SCRIPT), "up"], check=True, capture_output=True, timeout=300)
+                try:
+                    proc = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env_with_venv(),
+                                          timeout=900)
+                finally:
+                    subprocess.run(["bash", str(CLUSTER_SCRIPT), "down"], capture_output=True, timeout=120)
+            assert "SLURM run ID" in proc.stdout + proc.stderr
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[where] = pd.read_parquet(folder / "results" / "sim" / "simulation" / "runs.parquet").drop(columns="seconds")
+    pd.testing.assert_frame_equal(runs["local"], runs["slurm"])
+    assert sorted(runs["slurm"]["strategy"].unique()) == ["lyra", "random", "ridge"]

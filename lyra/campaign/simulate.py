@@ -75,6 +75,13 @@ def strategies(config: Mapping[str, Any]) -> dict[str, dict]:
     return dict(simulate_config(config).strategies or DEFAULT_STRATEGIES)
 
 
+def strategy_pattern(config: Mapping[str, Any], *models: str) -> str:
+    """A regex matching exactly the names of the strategies of these models (none: matches nothing),
+    the rules' wildcard constraint that sends Lyra runs and baseline runs to different rules."""
+    names = [name for name, s in strategies(config).items() if s["model"] in models]
+    return "|".join(names) if names else "(?!)"
+
+
 def run_numbers(config: Mapping[str, Any]) -> list[int]:
     sim = simulate_config(config)
     return list(range(sim.first_run, sim.first_run + sim.runs))
