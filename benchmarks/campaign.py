@@ -21,7 +21,6 @@ Methods:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile

@@ -53,7 +53,6 @@ def run(sim, strategy, number, name="out"):
 
 
 def test_every_strategy_of_a_run_starts_from_the_same_plate_and_never_measures_twice(sim):
-    config = sim[0]
     for number in (0, 1):
         tables = {s: run(sim, s, number) for s in ("random", "lyra")}
         first = {s: set(picks.loc[picks["round"] == 0, "variant_id"]) for s, (_, picks, _) in tables.items()}

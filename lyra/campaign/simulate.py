@@ -27,7 +27,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from lyra.campaign.settings import model_params, prior_section, prior_table
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path, resolve_path
 from lyra.schema import error_message, first_error, schema_fields, section_schema
+
+if TYPE_CHECKING:  # pandas is imported where it is used: the Snakefile reads this module at parse time
+    import pandas as pd
 
 log = logging.getLogger("lyra.campaign")
 
@@ -377,7 +380,7 @@ def run_table(land: Landscape, rounds: Sequence[np.ndarray], strategy: str, run:
 # --- all runs ----------------------------------------------------------------------------------------
 
 
-def summarise(runs) -> "pd.DataFrame":
+def summarise(runs: "pd.DataFrame") -> "pd.DataFrame":
     """Per strategy and budget (screened): the number of runs, the mean best fitness found, its mean
     over the global max with the standard error of that mean, and the share of runs at the global max."""
     import pandas as pd
