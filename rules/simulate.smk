@@ -5,7 +5,7 @@
 from lyra.campaign.simulate import run_numbers, strategies, strategy_pattern
 
 SIM_STRATEGIES = strategies(config)
-SIM_RUNS = run_numbers(config)
+SIM_RUN_NUMBERS = run_numbers(config)
 
 
 rule simulate:
@@ -99,7 +99,7 @@ rule simulate_baseline:
 
 rule simulate_collect:
     input:
-        expand(res(layout.SIM_RUN), strategy=SIM_STRATEGIES, run=SIM_RUNS),
+        expand(res(layout.SIM_RUN), strategy=SIM_STRATEGIES, run=SIM_RUN_NUMBERS),
     output:
         runs=res(layout.SIM_RUNS),
         summary=res(layout.SIM_SUMMARY),

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from lyra.campaign import layout
 from lyra.campaign.settings import model_params, prior_section, prior_table
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path, resolve_path
@@ -317,8 +316,9 @@ def simulate_run(config: Mapping[str, Any], dataset: str | Path, library: str | 
         done = workdir / f"round{r}.csv"
         started = time.perf_counter()
         if done.is_file():  # finished before this job was killed
-            picked = land.indices(pd.read_csv(done)["sequence"].tolist())
-            took = float(pd.read_csv(done)["seconds"].iloc[0]) if len(picked) else 0.0
+            finished = pd.read_csv(done)
+            picked = land.indices(finished["sequence"].tolist())
+            took = float(finished["seconds"].iloc[0]) if len(picked) else 0.0
         else:
             if r == 0:
                 picked = initial_plate(config, land, run)
@@ -338,10 +338,10 @@ def simulate_run(config: Mapping[str, Any], dataset: str | Path, library: str | 
                  r, len(picked), land.fitness[picked].max() if len(picked) else math.nan,
                  land.fitness[measured].max(), land.global_max, took)
     table = run_table(land, rounds, strategy, run, seconds)
+    rows = np.concatenate(rounds)
     picks = pd.DataFrame({"round": np.concatenate([np.full(len(p), r) for r, p in enumerate(rounds)]),
-                          "variant_id": land.variant_id[np.concatenate(rounds)],
-                          "sequence": land.sequence[np.concatenate(rounds)],
-                          "fitness": land.fitness[np.concatenate(rounds)]})
+                          "variant_id": land.variant_id[rows], "sequence": land.sequence[rows],
+                          "fitness": land.fitness[rows]})
     with atomic_path(out) as tmp_out, atomic_path(picks_out) as tmp_picks:
         table.to_parquet(tmp_out, index=False)
         picks.to_csv(tmp_picks, index=False)
@@ -414,10 +414,3 @@ def collect(run_files: Sequence[str | Path], runs_out: str | Path, summary_out: 
                  strategy, last["runs"], last["mean_norm_max"], last["sem"] if last["sem"] == last["sem"] else 0,
                  last["screened"], 100 * last["frac_global_max"])
     return Path(summary_out)
-
-
-def run_paths(campaign: layout.Layout, strategy: str, run: int) -> tuple[Path, Path, Path]:
-    """(run table, picks, work folder) of one run."""
-    return (campaign / layout.SIM_RUN.format(strategy=strategy, run=run),
-            campaign / layout.SIM_PICKS.format(strategy=strategy, run=run),
-            campaign / layout.SIM_WORK.format(strategy=strategy, run=run))
