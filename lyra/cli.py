@@ -88,10 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--member", type=int, required=True, help="ensemble member k (its seed derives from the campaign seed)")
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("evaluate", help="ensemble metrics on the validation and test splits")
+    p = sub.add_parser("evaluate", help="ensemble metrics on the validation and test splits, and the one-hot "
+                                        "ridge baseline's beside them")
     _common(p)
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--ridge", help="the one-hot ridge baseline's model file, for regression on one target "
+                                   "(default: ridge.npz next to --out)")
     p.add_argument("checkpoints", nargs="+")
 
     p = sub.add_parser("score", help="score one shard of the design library")
@@ -99,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--ridge", help="the one-hot ridge baseline (lyra evaluate --ridge) that also scores the "
+                                   "library, for regression on one target (default: ridge.npz next to the checkpoints)")
     p.add_argument("checkpoints", nargs="+")
 
     p = sub.add_parser("gather", help="concatenate library shards")
@@ -114,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset.parquet: ranking.csv gains the measured value of picks measured already")
     p.add_argument("--plate", help="the plate map (default: plate.csv next to --csv)")
     p.add_argument("--dna", help="the picks' genes, with data.wild_type_dna (default: ranking_dna.fasta next to --csv)")
+    p.add_argument("--metrics", help="metrics.json, read by rank.model: auto (default: the campaign's, in the folder "
+                                     "of --csv)")
     p = sub.add_parser("simulate-round", help="replay the lab: measure the ranking's picks in a complete landscape")
     _common(p)
     p.add_argument("--results", default="results", help="results root (default: results)")
@@ -190,11 +197,12 @@ def _dispatch(args: argparse.Namespace, config: dict | None) -> None:
     elif cmd == "train":
         stages.train(config, args.dataset, args.best, args.member, args.out)
     elif cmd == "evaluate":
-        stages.evaluate(config, args.dataset, args.checkpoints, args.out)
+        stages.evaluate(config, args.dataset, args.checkpoints, args.out, ridge=args.ridge)
     elif cmd == "score":
-        stages.score(config, args.dataset, args.checkpoints, args.shard, args.out)
+        stages.score(config, args.dataset, args.checkpoints, args.shard, args.out, ridge=args.ridge)
     elif cmd == "rank":
-        stages.rank(config, args.scores, args.csv, args.fasta, dataset=args.dataset, plate=args.plate, dna=args.dna)
+        stages.rank(config, args.scores, args.csv, args.fasta, dataset=args.dataset, plate=args.plate, dna=args.dna,
+                    metrics=args.metrics)
     elif cmd == "zero-shot":
         print(stages.zero_shot(config, args.out, args.top))
     elif cmd == "simulate-run":

@@ -6,6 +6,7 @@ rule score_shard:
         cfg=stage_cfg("score"),
         dataset=res(layout.DATASET),
         models=expand(res(layout.MODEL), seed=SEEDS),
+        ridge=RIDGE,  # the one-hot ridge baseline (rules/train.smk), scored beside the ensemble
         files=STAGE_INPUTS["score"],  # the library file or spec
     output:
         shard=temp(res(layout.SHARD)),  # gathered into scores.parquet, then removed
@@ -22,7 +23,9 @@ rule score_shard:
         "../envs/lyra.yaml"
     shell:
         "lyra score --config {input.cfg:q} --dataset {input.dataset:q} --shard {wildcards.shard}"
-        " --out {output.shard:q} {input.models:q} > {log:q} 2>&1"
+        " --out {output.shard:q}"
+        + (" --ridge {input.ridge:q}" if RIDGE else "")
+        + " {input.models:q} > {log:q} 2>&1"
 
 
 rule gather_scores:
@@ -53,6 +56,7 @@ rule rank:
         cfg=stage_cfg("rank"),
         scores=res(layout.SCORES),
         dataset=res(layout.DATASET),  # the measured value of picks measured already
+        metrics=res(layout.METRICS),  # rank.model: auto compares Lyra and ridge on it
         files=STAGE_INPUTS["rank"],  # the wild type's gene
     output:
         csv=res(layout.RANKING),
@@ -71,6 +75,6 @@ rule rank:
         "../envs/lyra.yaml"
     shell:
         "lyra rank --config {input.cfg:q} --scores {input.scores:q} --dataset {input.dataset:q}"
-        " --csv {output.csv:q} --fasta {output.fasta:q} --plate {output.plate:q}"
+        " --metrics {input.metrics:q} --csv {output.csv:q} --fasta {output.fasta:q} --plate {output.plate:q}"
         + (" --dna {output.dna:q}" if RANK_DNA else "")
         + " > {log:q} 2>&1"

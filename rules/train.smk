@@ -1,5 +1,7 @@
 # One job per ensemble member; a killed job resumes from models/.seed<k>.resume.pt when rerun.
 
+from lyra.campaign.settings import ridge_baseline
+
 
 rule train:
     input:
@@ -25,6 +27,11 @@ rule train:
         " --member {wildcards.seed} --out {output.model:q} > {log:q} 2>&1"
 
 
+# The one-hot ridge baseline, fitted by the evaluate job on the same training rows, for a regression on
+# one target only; the score jobs score the library with it too.
+RIDGE = [res(layout.RIDGE)] if ridge_baseline(config) else []
+
+
 rule evaluate:
     input:
         cfg=stage_cfg("train"),
@@ -32,6 +39,7 @@ rule evaluate:
         models=expand(res(layout.MODEL), seed=SEEDS),
     output:
         metrics=res(layout.METRICS),
+        ridge=RIDGE,
     log:
         res(layout.log("evaluate")),
     benchmark:
@@ -44,4 +52,5 @@ rule evaluate:
         "../envs/lyra.yaml"
     shell:
         "lyra evaluate --config {input.cfg:q} --dataset {input.dataset:q} --out {output.metrics:q}"
-        " {input.models:q} > {log:q} 2>&1"
+        + (" --ridge {output.ridge:q}" if RIDGE else "")
+        + " {input.models:q} > {log:q} 2>&1"

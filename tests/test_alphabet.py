@@ -97,3 +97,16 @@ def test_one_hot_from_numpy_tokens():
     tokens = np.array([[0, DNA.uniform_token, DNA.pad_token]])
     x = DNA.one_hot(tokens)
     torch.testing.assert_close(x[0], torch.tensor([[1.0, 0, 0, 0], [0.25] * 4, [0.0] * 4]))
+
+
+def test_batch_encoding_equals_one_sequence_at_a_time():
+    """encode_batch's one-lookup path gives what encode gives sequence by sequence (ambiguous letters,
+    padding, an empty sequence), and a bad letter still names its sequence."""
+    protein = get_alphabet("protein")
+    seqs = ["ACDX", "MK", "", "WWWWY", "Q"]
+    tokens, mask = protein.encode_batch(seqs, length=6)
+    for i, s in enumerate(seqs):
+        assert tokens[i, : len(s)].tolist() == protein.encode(s).tolist()
+        assert (tokens[i, len(s):] == protein.pad_token).all() and mask[i].sum() == len(s)
+    with pytest.raises(InvalidSequenceError, match="'AZ1': character 'Z' at position 2"):
+        protein.encode_batch(["AC", "AZ1"])

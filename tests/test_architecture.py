@@ -171,7 +171,8 @@ def test_typed_views_match_their_schema_sections():
 
 RESULT_FILES = ("dataset.parquet", "metrics.json", "best.json", "trials.tsv", "journal.log", "scores.parquet",
                 "ranking.csv", "ranking.fasta", "plate.csv", "ranking_dna.fasta", "manifest.json", "report.md",
-                "learning_curves.png", "test_predictions.png", "tune_history.png", "top_n.md", "epistasis.tsv")
+                "learning_curves.png", "test_predictions.png", "tune_history.png", "top_n.md", "epistasis.tsv",
+                "ridge.npz")
 
 
 @pytest.mark.parametrize("path", [*SOURCES, *RULES], ids=lambda p: str(p.relative_to(ROOT)))

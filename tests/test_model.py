@@ -165,13 +165,15 @@ def test_config_round_trip_and_unknown_key(tmp_path):
 
 
 def test_checkpoint_config_keys_are_unchanged():
-    # model_config as checkpoints have always stored it: same keys, same order, plain types
+    # model_config as checkpoints store it: same keys, same order, plain types
     stored = {"d_input": 20, "d_output": 1, "d_model": 64, "d_state": 64, "pgc_expansions": [0.25, 2.0],
               "n_s4d": 1, "dropout": 0.2, "bidirectional": False, "kernel_size": 3, "pooling": "mean",
-              "token_level": False, "ssm_lr": 0.001, "dt_min": 0.001, "dt_max": 0.1, "prior_length": 0,
-              "prior_sign": 0}
+              "sites": "all", "token_level": False, "ssm_lr": 0.001, "dt_min": 0.001, "dt_max": 0.1,
+              "prior_length": 0, "prior_sign": 0, "site_positions": []}
     assert list(LyraConfig().to_dict().items()) == list(stored.items())
     assert LyraConfig.from_dict(stored) == LyraConfig()
+    older = {k: v for k, v in stored.items() if k not in ("sites", "site_positions")}  # before model.sites
+    assert LyraConfig.from_dict(older) == LyraConfig()
     d = LyraConfig(pgc_expansions=(0.5, 1.0), prior_length=7, prior_sign=-1).to_dict()
     assert d["pgc_expansions"] == [0.5, 1.0] and type(d["pgc_expansions"]) is list
 
@@ -598,3 +600,21 @@ def test_bf16_autocast_on_cpu_forward_backward():
     assert torch.isfinite(out).all() and torch.isfinite(loss)
     torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)  # bf16 is close, not equal
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_site_positions_feed_the_network_those_columns_and_the_prior_the_whole_sequence(training):
+    torch.manual_seed(0)
+    sites = (1, 4, 6)
+    cropped = Lyra(d_input=5, d_output=2, d_model=8, d_state=4, dropout=0.0, prior_length=8)
+    model = Lyra(d_input=5, d_output=2, d_model=8, d_state=4, dropout=0.0, prior_length=8, site_positions=sites)
+    with torch.no_grad():
+        cropped.prior_table.normal_()
+        cropped.prior_beta.fill_(0.7)
+    model.load_state_dict(cropped.state_dict())
+    model.train(training), cropped.train(training)
+    u = torch.nn.functional.one_hot(torch.randint(0, 5, (6, 8)), 5).float()  # (B, L, C)
+    prior = cropped.prior(u).unsqueeze(-1) * cropped.prior_weight()  # (B, 2) from all 8 positions
+    torch.testing.assert_close(model(u), cropped.network(u[:, list(sites)], None) + prior)
+    with pytest.raises(ConfigError, match="site_positions"):
+        Lyra(d_input=5, d_output=1, d_model=8, d_state=4, site_positions=(3, 1))

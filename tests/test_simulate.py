@@ -78,14 +78,24 @@ def test_a_killed_run_resumes_at_its_last_finished_round(sim):
     # a run killed after round 1: rounds 0 and 1 are on disk, the rest is not
     killed = tmp / "killed" / "work"
     killed.mkdir(parents=True)
-    for r in (0, 1):
-        (killed / f"round{r}.csv").write_bytes((work / f"round{r}.csv").read_bytes())
+    for name in ("settings.json", "round0.csv", "round1.csv"):
+        (killed / name).write_bytes((work / name).read_bytes())
     # the resumed run reads rounds 0 and 1 back (their recorded times too) and computes rounds 2 and 3
     resumed_out = tmp / "killed" / "run.parquet"
     simulate_run(config, dataset, library, "random", 0, resumed_out, tmp / "killed" / "picks.csv", killed)
     resumed = pd.read_parquet(resumed_out)
     pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), whole.drop(columns="seconds"))
     assert resumed["seconds"].iloc[:2].tolist() == whole["seconds"].iloc[:2].tolist()
+
+
+def test_a_run_whose_settings_changed_starts_over(sim, caplog):
+    config, dataset, library, tmp = sim
+    _, _, work = run(sim, "lyra", 0)
+    (work / "round1.csv").write_text("variant_id,sequence,fitness,seconds\n")  # would be read back if kept
+    changed = {**config, "train": {**config["train"], "max_epochs": config["train"]["max_epochs"] + 1}}
+    simulate_run(changed, dataset, library, "lyra", 0, tmp / "c.parquet", tmp / "c.csv", work)
+    assert "picked with other settings; the run starts over" in caplog.text
+    assert pd.read_csv(tmp / "c.csv").groupby("round").size().tolist() == [8, 4, 4, 4]
 
 
 def test_lyra_strategy_picks_unmeasured_variants_with_the_products_stages(sim):

@@ -433,3 +433,30 @@ def test_write_metrics_flags_a_collapsed_model(frame, tmp_path, caplog):
     assert "on valid (0.000), test (0.000)" in out["warnings"][0]
     assert out["valid"]["baseline"]["fitness"]["prediction_std"] < 1e-9
     assert [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING] == out["warnings"]
+
+
+def test_varied_sites_model_reads_only_the_sites_where_training_variants_differ(tmp_path):
+    """model.sites: varied -> the checkpoint's network reads the varied columns (1-based 3 and 6 here)
+    and nothing else: a library variant changed elsewhere scores as its wild-type-site twin."""
+    rng = np.random.default_rng(0)
+    wt = list("MKTAYIAKQR")
+    rows = []
+    for i in range(90):
+        s = wt.copy()
+        s[2], s[5] = LETTERS[rng.integers(10)], LETTERS[rng.integers(10)]
+        rows.append(("".join(s), float(LETTERS.index(s[2]) - LETTERS.index(s[5]) + rng.normal(scale=0.1))))
+    split = ["train"] * 60 + ["valid"] * 30
+    f = pd.DataFrame({"variant_id": [f"v{i}" for i in range(90)], "sequence": [r[0] for r in rows],
+                      "fitness": [r[1] for r in rows], "split": split})
+    out = tmp_path / "sites.pt"
+    train_model(f, META, {**TINY, "sites": "varied"}, cfg(max_epochs=3), 0, out)
+    model, info = load_checkpoint(out)
+    assert model.config.site_positions == (2, 5)
+    a, b = "MKCAYDAKQR", "WWCWWDWWWW"  # the same letters at the sites, different everywhere else
+    pa, pb = predict_sequences(model, info, [a, b])
+    assert pa == pb
+    with pytest.raises(DataError, match="sites up to position 6"):
+        predict_sequences(model, info, ["MKCA"])
+    f_len = f.assign(sequence=f["sequence"].where(f.index != 0, "MKTAYIAKQ"))
+    with pytest.raises(ConfigError, match="model.sites: varied needs variants of one length"):
+        train_model(f_len, META, {**TINY, "sites": "varied"}, cfg(max_epochs=1), 0, tmp_path / "x.pt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from lyra.data.variants import (
@@ -10,6 +11,7 @@ from lyra.data.variants import (
     apply_mutations,
     diff_mutations,
     format_mutations,
+    mutation_strings,
     parse_mutations,
     read_wild_type,
 )
@@ -94,3 +96,16 @@ def test_read_wild_type(tmp_path):
     plain = tmp_path / "wt.txt"
     plain.write_text("MKTA\n")
     assert read_wild_type(str(plain)) == "MKTA"
+
+
+def test_mutation_strings_of_many_sequences_equal_one_at_a_time():
+    rng = np.random.default_rng(0)
+    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    seqs = ["".join(np.where(rng.random(len(WT)) < 0.3, rng.choice(letters, len(WT)), list(WT))) for _ in range(300)]
+    seqs.append(WT)
+    for first in (1, 0, 40):
+        expected = [format_mutations(diff_mutations(WT, s, first_position=first)) for s in seqs]
+        assert mutation_strings(WT, seqs, first_position=first) == expected
+    assert mutation_strings(WT, [WT]) == [""]
+    with pytest.raises(ValueError, match="cannot be compared with the wild type"):
+        mutation_strings(WT, [WT, WT[:-1]])

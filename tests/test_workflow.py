@@ -50,10 +50,13 @@ def test_demo_campaign_end_to_end(tmp_path):
     snakemake(tmp_path, config)
     out = tmp_path / "results" / "tiny"
     for rel in ["data/dataset.parquet", "data/report.md", "tune/best.json", "tune/trials.tsv", "models/seed0.pt",
-                "models/seed1.pt", "models/metrics.json", "library/scores.parquet", "ranking.csv", "ranking.fasta"]:
+                "models/seed1.pt", "models/metrics.json", "models/ridge.npz", "library/scores.parquet", "ranking.csv",
+                "ranking.fasta"]:
         assert (out / rel).is_file(), rel
+    assert "ridge" in pd.read_parquet(out / "library" / "scores.parquet", columns=["ridge"])  # scored beside Lyra
     ranking = pd.read_csv(out / "ranking.csv")
     assert len(ranking) == 12 and list(ranking["rank"]) == list(range(1, 13))
+    assert (ranking["model"] == "lyra").all()  # rank.model's default
     assert ranking["reason"].str.len().min() > 0
     assert (out / "ranking.fasta").read_text().count(">") == 12
     assert (out / "ranking_dna.fasta").read_text().count(">") == 12 and "measured_fitness" in ranking

@@ -7,7 +7,8 @@ from typing import Any, Mapping
 
 from lyra.io import resolve_path
 from lyra.campaign.rounds import round_files
-from lyra.campaign.settings import data_config, library_section, prior_msa, prior_section, wild_type_dna
+from lyra.campaign.settings import (data_config, library_section, prior_msa, prior_section, ridge_baseline,
+                                    ridge_unavailable, wild_type_dna)
 from lyra.campaign.stages import GENE_NEEDS_WILD_TYPE, NO_WILD_TYPE, preprocess
 from lyra.errors import ConfigError
 
@@ -85,6 +86,9 @@ def check_campaign(config: Mapping[str, Any]) -> None:
             )
         _check_library_not_measured(config, lib, wt, n)
     _check_order(config, wt)
+    if config["rank"].get("model") == "ridge" and not ridge_baseline(config):
+        data = config["data"]
+        raise ConfigError(f"rank.model: ridge, but {ridge_unavailable(data.get('task', 'regression'), data['target_column'])}")
 
 
 def _check_order(config: Mapping[str, Any], wild_type: str | None) -> None:

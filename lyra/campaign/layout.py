@@ -25,6 +25,7 @@ TUNE_TRIALS = "tune/trials.tsv"
 MODELS = "models"
 MODEL = "models/seed{seed}.pt"
 METRICS = "models/metrics.json"
+RIDGE = "models/ridge.npz"  # the one-hot ridge baseline (regression on one target only)
 
 SHARD = "library/shard{shard}.parquet"
 SCORES = "library/scores.parquet"
@@ -137,6 +138,10 @@ class Layout:
     @property
     def metrics(self) -> Path:
         return self.root / METRICS
+
+    @property
+    def ridge(self) -> Path:
+        return self.root / RIDGE
 
     def shard(self, shard: int) -> Path:
         return self.root / SHARD.format(shard=shard)

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from lyra.campaign import layout
 from lyra.campaign.layout import Layout
+from lyra.campaign.settings import ridge_baseline
 from lyra.data.variants import wild_type_is_path
 from lyra.errors import LyraError
 from lyra.io import sha256_file, write_json
@@ -40,8 +41,11 @@ OUTPUTS = (layout.DATASET, layout.TUNE_BEST, layout.TUNE_TRIALS, layout.METRICS,
 
 
 def output_files(config: Mapping[str, Any]) -> tuple[str, ...]:
-    """OUTPUTS, and the picks' genes when the campaign writes them (data.wild_type_dna)."""
-    return OUTPUTS + ((layout.RANKING_DNA,) if (config.get("data") or {}).get("wild_type_dna") else ())
+    """OUTPUTS, the one-hot ridge baseline when the campaign has one, and the picks' genes when the
+    campaign writes them (data.wild_type_dna)."""
+    data = config.get("data") or {}
+    ridge = (layout.RIDGE,) if data.get("target_column") and ridge_baseline(config) else ()
+    return OUTPUTS + ridge + ((layout.RANKING_DNA,) if data.get("wild_type_dna") else ())
 
 
 def file_record(role: str, path: str | os.PathLike | None) -> dict[str, Any]:

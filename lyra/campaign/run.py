@@ -15,7 +15,7 @@ from lyra.campaign.checks import check_campaign, stage_inputs
 from lyra.campaign.config import CAMPAIGN_STAGES, write_stage_config
 from lyra.campaign.layout import FIGURES, RESULTS, TABLES, Layout
 from lyra.campaign.rounds import round_files
-from lyra.campaign.settings import data_config, wild_type_dna
+from lyra.campaign.settings import data_config, ridge_baseline, wild_type_dna
 from lyra.errors import LyraError
 from lyra.io import sha256_file, write_json
 
@@ -126,12 +126,13 @@ def _run_campaign(config: Mapping[str, Any], campaign: Layout, config_files: tup
         job(f"train seed{k}", lambda k=k, m=m: stages.train(config, dataset, best, k, m),
             [cfg["train"], dataset, best, *ext["train"]], [m])
     metrics = campaign.metrics
+    ridge = [campaign.ridge] if ridge_baseline(config) else []  # as in rules/train.smk
     job("evaluate", lambda: stages.evaluate(config, dataset, [str(m) for m in models], metrics),
-        [cfg["train"], dataset, *models], [metrics])
+        [cfg["train"], dataset, *models], [metrics, *ridge])
     shards = [campaign.shard(k) for k in range(config["library"]["n_shards"])]
     for k, s in enumerate(shards):
         job(f"score shard{k}", lambda k=k, s=s: stages.score(config, dataset, [str(m) for m in models], k, s),
-            [cfg["score"], dataset, *models, *ext["score"]], [s])
+            [cfg["score"], dataset, *models, *ridge, *ext["score"]], [s])
     scores = campaign.scores
     job("gather", lambda: stages.gather([str(s) for s in shards], scores), shards, [scores])
     # the rule's outputs: the plate map always, the picks' genes with data.wild_type_dna
@@ -139,10 +140,10 @@ def _run_campaign(config: Mapping[str, Any], campaign: Layout, config_files: tup
                *([campaign.ranking_dna] if wild_type_dna(config) else [])]
     job("rank", lambda: stages.rank(config, scores, *ranking[:2], dataset=dataset, plate=ranking[2],
                                     dna=ranking[3] if len(ranking) > 3 else None),
-        [cfg["rank"], scores, dataset, *ext["rank"]], ranking)
+        [cfg["rank"], scores, dataset, metrics, *ext["rank"]], ranking)
     report_files = [campaign / f for f in [*FIGURES.values(), *TABLES.values()]]
     job("report", lambda: stages.report(config, campaign.root, config_files, stage_times=timings),
-        [*cfg.values(), dataset, metrics, *models, best, trials, scores, *ranking, *config_files],
+        [*cfg.values(), dataset, metrics, *ridge, *models, best, trials, scores, *ranking, *config_files],
         [*report_files, campaign.manifest])
     if timings:
         log.info("stage wall times (s): %s", timings)

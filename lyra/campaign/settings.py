@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from lyra.campaign.config import stage_config
 from lyra.io import resolve_path
@@ -101,3 +101,21 @@ def best_params(config: Mapping[str, Any], best_json: str | Path) -> tuple[dict,
     model_cfg = {**config["model"], **best.get("model", {})}
     train_cfg = {**config["train"], **best.get("train", {})}
     return model_cfg, train_cfg
+
+
+def ridge_unavailable(task: str, targets: str | Sequence[str]) -> str | None:
+    """Why a campaign of this task and target(s) has no one-hot ridge baseline (models/ridge.npz), None
+    when it has one: the baseline is a regression on one target, and no classifier is made up to stand
+    in for it. Here, not in lyra.learn, as the rules ask it while Snakemake reads them (no torch)."""
+    targets = [targets] if isinstance(targets, str) else list(targets or [])
+    if task != "regression":
+        return f"the one-hot ridge baseline is a regression, and this campaign is a {task}"
+    if len(targets) != 1:
+        return f"the one-hot ridge baseline predicts one target, and this campaign has {len(targets)}"
+    return None
+
+
+def ridge_baseline(config: Mapping[str, Any]) -> bool:
+    """Whether the campaign (a whole config, as the rules have it) gets the one-hot ridge baseline; the
+    stages, whose configs lack `data`, ask the dataset's metadata instead (`_ridge_file`)."""
+    return ridge_unavailable(config["data"].get("task", "regression"), config["data"]["target_column"]) is None

@@ -284,8 +284,8 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
     score_shard(checkpoints, library_cfg, meta.get("wild_type"), meta.get("first_position", 1), meta["alphabet"],
                 0, 1, scores, device=str(resolve_device(train_cfg.device)), exclude=set(land.sequence[rows]),
                 progress=False)
-    ranking = rank_variants(scores, RankConfig.from_dict({**cfg["rank"], "top_n": n, "allow_fewer": True,
-                                                          "seed": seed}))
+    ranking = rank_variants(scores, RankConfig.from_dict({**cfg["rank"], "model": "lyra", "top_n": n,
+                                                          "allow_fewer": True, "seed": seed}))
     for path in [*checkpoints, scores, measured_csv, workdir / "measured.parquet"]:
         path.unlink(missing_ok=True)  # the round's picks are kept; the models are cheap to retrain
     return land.indices(ranking["sequence"].tolist())
@@ -308,7 +308,7 @@ def simulate_run(config: Mapping[str, Any], dataset: str | Path, library: str | 
     cfg = strategy_config(config, strategy)
     land = Landscape.load(dataset)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    keep_finished_rounds(workdir, run_identity(config, cfg, settings, dataset))
     measured = np.zeros(len(land), dtype=bool)
     rounds: list[np.ndarray] = []
     seconds: list[float] = []
@@ -346,6 +346,34 @@ def simulate_run(config: Mapping[str, Any], dataset: str | Path, library: str | 
         table.to_parquet(tmp_out, index=False)
         picks.to_csv(tmp_picks, index=False)
     return Path(out)
+
+
+def run_identity(config: Mapping[str, Any], cfg: Mapping[str, Any], settings: Mapping[str, Any],
+                 dataset: str | Path) -> dict:
+    """What a run's rounds depend on: the landscape, the first plate and round settings, the seeds and
+    the strategy's sections (a changed setting must not resume from rounds picked under the old one)."""
+    from lyra.io import sha256_file
+
+    sim = {k: v for k, v in config["simulate"].items() if k not in ("runs", "first_run", "strategies")}
+    return {"landscape": sha256_file(dataset), "seed": config.get("seed"), "simulate": sim,
+            "strategy": dict(settings), **{section: cfg.get(section) for section in OVERRIDES.values()}}
+
+
+def keep_finished_rounds(workdir: Path, identity: dict) -> None:
+    """Keep the finished rounds in `workdir` only when they were made with `identity`; else start over."""
+    import json
+    import shutil
+
+    stamp = workdir / "settings.json"
+    text = json.dumps(identity, sort_keys=True, default=str)
+    if workdir.is_dir() and (not stamp.is_file() or stamp.read_text() != text):
+        if any(workdir.iterdir()):
+            log.warning("%s: its rounds were picked with other settings; the run starts over", workdir)
+        shutil.rmtree(workdir)
+    if not stamp.is_file():
+        workdir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(text)
 
 
 def pick(model: str, cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, sim: SimulateConfig, run: int,

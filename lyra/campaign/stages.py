@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lyra.campaign.layout import PLATE, RANKING_DNA, Layout, resume_file
+from lyra.campaign.layout import METRICS, PLATE, RANKING_DNA, RIDGE, Layout, resume_file
 from lyra.campaign.rounds import round_files
 from lyra.campaign.settings import (best_params, data_config, library_section, model_params, prior_section,
-                                    prior_table, study_name, training_seed, wild_type_dna)
+                                    prior_table, ridge_unavailable, study_name, training_seed, wild_type_dna)
 from lyra.errors import ConfigError, DataError
 
 log = logging.getLogger("lyra.campaign")
@@ -76,13 +76,27 @@ def train(config: Mapping[str, Any], dataset: str | Path, best_json: str | Path,
     return Path(result.checkpoint_path)
 
 
-def evaluate(config: Mapping[str, Any], dataset: str | Path, checkpoints: list[str], out: str | Path) -> Path:
+def _ridge_file(meta: Mapping[str, Any], ridge: str | Path | None, beside: str | Path) -> Path | None:
+    """The ridge model file of a campaign with a ridge baseline: `ridge`, by default the campaign's own
+    (in the folder of `beside`, a file of models/); None, and the reason logged, without a baseline."""
+    why_not = ridge_unavailable(meta["task"], meta["targets"])
+    if why_not is not None:
+        log.info("no one-hot ridge baseline: %s", why_not)
+        return None
+    return Path(ridge) if ridge is not None else Path(beside).with_name(Path(RIDGE).name)
+
+
+def evaluate(config: Mapping[str, Any], dataset: str | Path, checkpoints: list[str], out: str | Path,
+             ridge: str | Path | None = None) -> Path:
+    """models/metrics.json, and the one-hot ridge baseline fitted on the same training rows, seeded by the
+    campaign seed, to `ridge` (default models/ridge.npz beside `out`; regression on one target only)."""
     from lyra.data.dataset import load_dataset
     from lyra.learn.evaluate import write_metrics
     from lyra.learn.forward import resolve_device
 
     ds = load_dataset(dataset)
-    write_metrics(out, checkpoints, ds.frame, ds.meta, device=str(resolve_device(config["train"]["device"])))
+    write_metrics(out, checkpoints, ds.frame, ds.meta, device=str(resolve_device(config["train"]["device"])),
+                  ridge=_ridge_file(ds.meta, ridge, out), seed=config["seed"])
     return Path(out)
 
 
@@ -96,8 +110,12 @@ def _library_meta(dataset: str | Path, lib) -> dict:
 
 
 def score(
-    config: Mapping[str, Any], dataset: str | Path, checkpoints: list[str], shard: int, out: str | Path
+    config: Mapping[str, Any], dataset: str | Path, checkpoints: list[str], shard: int, out: str | Path,
+    ridge: str | Path | None = None,
 ) -> Path:
+    """One shard of the library scored by the ensemble and, in a campaign with a ridge baseline, by that
+    model too (`ridge`, default models/ridge.npz beside the checkpoints), whatever rank.model says: the
+    scores then serve every rank.model, and changing it reruns the ranking only."""
     from lyra.design.library import LibraryConfig, measured_sequences
     from lyra.design.scoring import score_shard
     from lyra.learn.forward import resolve_device
@@ -117,6 +135,7 @@ def score(
         device=str(resolve_device(config["train"]["device"])),
         exclude=exclude,
         padding=(meta.get("data_config") or {}).get("padding"),  # a library file comes in the data's format
+        ridge=_ridge_file(meta, ridge, checkpoints[0]) if checkpoints else None,
     )
 
 
@@ -175,10 +194,13 @@ def gather(shards: list[str], out: str | Path) -> Path:
 
 
 def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: str | Path,
-         dataset: str | Path | None = None, plate: str | Path | None = None, dna: str | Path | None = None) -> Path:
+         dataset: str | Path | None = None, plate: str | Path | None = None, dna: str | Path | None = None,
+         metrics: str | Path | None = None) -> Path:
     """ranking.csv and ranking.fasta, the plate map (`plate`, default plate.csv next to the CSV) and, with
     data.wild_type_dna, the picks' genes (`dna`, default ranking_dna.fasta next to it). With `dataset`,
-    ranking.csv gains the measured value of each pick measured already. Nothing is written on an error."""
+    ranking.csv gains the measured value of each pick measured already. rank.model: auto reads `metrics`
+    (default the campaign's models/metrics.json, the CSV being in the campaign's folder) to choose the
+    model. Nothing is written on an error."""
     from lyra.design.dna import DnaConfig, check_gene, ranking_genes, read_gene, write_genes
     from lyra.design.plate import PlateConfig, plate_map, write_plate
     from lyra.design.rank import RankConfig, add_measured, rank_variants, write_ranking
@@ -198,7 +220,13 @@ def rank(config: Mapping[str, Any], scores: str | Path, csv: str | Path, fasta: 
             raise ConfigError(GENE_NEEDS_WILD_TYPE)
         gene = check_gene(read_gene(gene_file), wt, first, source=f"data.wild_type_dna ({gene_file})")
 
-    table = rank_variants(scores, RankConfig.from_dict({**config["rank"], "seed": config["seed"]}))
+    rank_cfg = RankConfig.from_dict({**config["rank"], "seed": config["seed"]})
+    evaluation = None
+    if rank_cfg.model == "auto":
+        from lyra.learn.evaluate import read_metrics
+
+        evaluation = read_metrics(metrics if metrics is not None else Path(csv).parent / METRICS)
+    table = rank_variants(scores, rank_cfg, evaluation)
     if dataset is not None:
         table = add_measured(table, dataset)
     layout = plate_map(table, plate_cfg, controls)

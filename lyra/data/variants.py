@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import numpy as np
+
 WILD_TYPE_TOKENS = frozenset({"", "wt", "_wt", "wildtype", "wild_type", "wild-type", "nan"})
 
 # wild-type residue, position (may be negative with an offset numbering), mutant residue.
@@ -145,6 +147,28 @@ def diff_mutations(wild_type: str, sequence: str, first_position: int = 1) -> li
     return [
         Mutation(w, i + first_position, s) for i, (w, s) in enumerate(zip(wild_type, sequence)) if w != s
     ]
+
+
+def mutation_strings(wild_type: str, sequences: Sequence[str], first_position: int = 1) -> list[str]:
+    """`format_mutations(diff_mutations(wild_type, s, first_position))` for each sequence, compared all at
+    once (a 150k-variant library in a fraction of a second); every sequence must have the wild type's length."""
+    L = len(wild_type)
+    for s in sequences:
+        if len(s) != L:
+            diff_mutations(wild_type, s, first_position)  # raises, with its message
+    joined = "".join(sequences)
+    if not (joined.isascii() and wild_type.isascii()):
+        return [format_mutations(diff_mutations(wild_type, s, first_position)) for s in sequences]
+    letters = np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(len(sequences), L)  # (n, L)
+    rows, cols = np.nonzero(letters != np.frombuffer(wild_type.encode("ascii"), dtype=np.uint8))  # row-major
+    label: dict[tuple[int, int], str] = {}
+    out: list[list[str]] = [[] for _ in sequences]
+    for r, c, m in zip(rows.tolist(), cols.tolist(), letters[rows, cols].tolist()):
+        text = label.get((c, m))
+        if text is None:
+            text = label[c, m] = f"{wild_type[c]}{c + first_position}{chr(m)}"
+        out[r].append(text)
+    return [":".join(parts) for parts in out]
 
 
 # A wild type spelled out in the config: residue letters, possibly wrapped over lines.

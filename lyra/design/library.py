@@ -403,7 +403,7 @@ class FileLayout:
         from lyra.data.config import DataConfig
         from lyra.data.readers import detect_format, read_table
         from lyra.data.validation import read_measurements
-        from lyra.data.variants import diff_mutations, format_mutations
+        from lyra.data.variants import mutation_strings
 
         self.cfg, self.alphabet = cfg, alphabet
         self.wild_type, self.first_position = wild_type, first_position
@@ -435,7 +435,7 @@ class FileLayout:
                     raise DataError(f"variant repeats row {seen[s]} (the same sequence)", str(path), int(line))
                 seen[s] = int(line)
         if wild_type is not None:
-            muts = [format_mutations(diff_mutations(wild_type, s, first_position)) for s in seqs]
+            muts = mutation_strings(wild_type, seqs, first_position)
             self.mutations = np.array(muts, dtype=object)
             self.n_mut = np.array([m.count(":") + 1 if m else 0 for m in muts], dtype=np.int32)
         else:

@@ -15,10 +15,15 @@ reason: its acquisition, its rank before diversity, and what was skipped to reac
     thompson: slot s of the batch draws f_s = mu + sigma * z_s (z_s ~ N(0, 1) per variant, seeded by the
               campaign seed) and picks the best draw the diversity rules allow (`_Thompson`); its
               acquisition is that f_s, its rank its place in that draw.
+
+Which model's mu and sigma (`rank.model`, `ranking_model`): the ensemble's (`mean`, `std`), or the one-hot
+ridge baseline's prediction (the scores' `ridge` column) with sigma = 0, where every strategy reduces
+to ranking by mu and so is run as `mean`. ranking.csv names the model in its `model` column.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -32,7 +37,7 @@ import pyarrow.parquet as pq
 
 from lyra.data.alphabet import get_alphabet
 from lyra.design.library import EnumeratedLayout, LibraryConfig
-from lyra.design.scoring import open_scores
+from lyra.design.scoring import RIDGE_COLUMN, open_scores
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path, write_text
 from lyra.schema import error_message, first_error, schema_fields, section_schema, unknown_key_message
@@ -49,8 +54,10 @@ class RankConfig:
     """The `rank:` section; defaults, types and bounds come from lyra/schema.yaml. The picking reads
     strategy, kappa, top_n, pool_factor, allow_fewer and diversity; the plate map
     (`lyra.design.plate.PlateConfig`) and the picks' genes (`lyra.design.dna.DnaConfig`) read the others.
-    `seed` is the campaign's `seed` (not a key of the section): it seeds the thompson strategy's draws."""
+    `seed` is the campaign's `seed` (not a key of the section): it seeds the thompson strategy's draws.
+    `model` (lyra, ridge or auto) is resolved by `ranking_model`."""
 
+    model: str
     strategy: str
     kappa: float
     top_n: int
@@ -82,6 +89,19 @@ class RankConfig:
             if unknown is not None:
                 raise ConfigError(unknown_key_message(unknown, known, prefix))
         return cls(**d)
+
+
+def ranking_model(cfg: RankConfig, metrics: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """("lyra" or "ridge", why): the model that ranks under rank.model; auto compares the two on the
+    validation split of `metrics` (models/metrics.json, `lyra.learn.evaluate.better_on_validation`)."""
+    from lyra.learn.evaluate import better_on_validation  # imports torch: only when it is needed
+
+    if cfg.model != "auto":
+        return cfg.model, f"rank.model: {cfg.model}"
+    if metrics is None:
+        raise ConfigError("rank.model: auto compares the models on models/metrics.json, and none was given")
+    model, why = better_on_validation(metrics)
+    return model, f"rank.model: auto chose {model}: {why}"
 
 
 def acquisition(mean: np.ndarray, std: np.ndarray, cfg: RankConfig) -> np.ndarray:
@@ -510,8 +530,10 @@ def _fmt(x: float) -> str:
 
 
 def _reason(mu: float, sd: float, a: float, acq_rank: int, skipped: Counter, cfg: RankConfig,
-            slot: int = 0, z: float = 0.0) -> str:
-    if cfg.strategy == "thompson":
+            slot: int = 0, z: float = 0.0, model: str = "lyra") -> str:
+    if model == "ridge":
+        text = f"one-hot ridge prediction {_fmt(mu)}; rank {acq_rank} by prediction"
+    elif cfg.strategy == "thompson":
         text = (f"Thompson draw {slot}: {_fmt(a)} = mean {_fmt(mu)} + std {_fmt(sd)} * z {z:.3f}; "
                 f"rank {acq_rank} in the draw")
     elif cfg.strategy == "ucb":
@@ -529,7 +551,7 @@ def _reason(mu: float, sd: float, a: float, acq_rank: int, skipped: Counter, cfg
 
 
 RANK_COLUMNS = ["rank", "variant_id", "mutations", "n_mutations", "sequence", "mean", "std", "acquisition",
-                "acquisition_rank", "reason"]
+                "acquisition_rank", "model", "reason"]
 
 
 def _short_ranking(n_picks: int, n_scored: int, cfg: RankConfig) -> None:
@@ -548,23 +570,37 @@ def _short_ranking(n_picks: int, n_scored: int, cfg: RankConfig) -> None:
     log.warning(message)
 
 
-def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, Any]) -> pd.DataFrame:
+def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, Any],
+                  metrics: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Pick `top_n` variants from a scores file; see the module docstring. Columns: RANK_COLUMNS.
+    `metrics` (models/metrics.json) is read only by rank.model: auto.
 
     Memory: the mean, std and index columns (16 bytes per variant) plus one block of candidates; the
     string columns are read for the picks only.
     """
     cfg = rank_cfg if isinstance(rank_cfg, RankConfig) else RankConfig.from_dict(rank_cfg)
+    model, why = ranking_model(cfg, metrics)
     scores_path = Path(scores_path)
     pf, meta, _ = open_scores(scores_path)
     names = pf.schema_arrow.names
     for col in ("index", "mean", "std", "variant_id", "mutations"):
         if col not in names:
             raise DataError(f"scores have no {col!r} column", str(scores_path))
-    stats = pf.read(columns=["index", "mean", "std"])
+    if model == "ridge":
+        if RIDGE_COLUMN not in names:
+            raise ConfigError(f"{why}, but {scores_path} has no one-hot ridge scores: the baseline is fitted for "
+                              "regression on one target only")
+        stats = pf.read(columns=["index", RIDGE_COLUMN])
+        mean = stats.column(RIDGE_COLUMN).to_numpy()
+        std = np.zeros_like(mean)  # no uncertainty: every strategy ranks by the prediction
+        cfg = dataclasses.replace(cfg, strategy="mean")
+        log.info("ranking by the one-hot ridge baseline's prediction (%s)", why)
+    else:
+        stats = pf.read(columns=["index", "mean", "std"])
+        mean = stats.column("mean").to_numpy()
+        std = stats.column("std").to_numpy()
+        log.info("ranking by the Lyra ensemble (%s)", why)
     index = stats.column("index").to_numpy()
-    mean = stats.column("mean").to_numpy()
-    std = stats.column("std").to_numpy()
     del stats
     if mean.size == 0:
         raise DataError("the library has no scored variants (all excluded?)", str(scores_path))
@@ -601,8 +637,10 @@ def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, A
         out["acquisition"] = acq[rows]
         z = [0.0] * len(rows)
     out["acquisition_rank"] = greedy.pick_ranks  # ties ranked by file order
-    out["reason"] = [_reason(m, s, a, k, why, cfg, slot, zz) for slot, (m, s, a, k, why, zz) in enumerate(
-        zip(out["mean"], out["std"], out["acquisition"], out["acquisition_rank"], greedy.pick_skipped, z), 1)]
+    out["model"] = model
+    out["reason"] = [_reason(m, s, a, k, skipped, cfg, slot, zz, model) for slot, (m, s, a, k, skipped, zz) in
+                     enumerate(zip(out["mean"], out["std"], out["acquisition"], out["acquisition_rank"],
+                                   greedy.pick_skipped, z), 1)]
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out[RANK_COLUMNS]
 

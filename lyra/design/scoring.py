@@ -1,9 +1,10 @@
 """Score a design library with the ensemble, and gather the shards' scores into one file.
 
-Scoring streams a library shard chunk by chunk through every ensemble member and appends one Parquet row
-group per chunk, so memory stays flat whatever the library size. Each shard file records, in its
-metadata, which library and index range it covers and how many variants it skipped (measured, wild
-type), so `gather_scores` can prove the shards are disjoint and complete before concatenating them.
+Scoring streams a library shard chunk by chunk through every ensemble member (and, when given, the
+one-hot ridge baseline, `lyra.learn.ridge`) and appends one Parquet row group per chunk, so memory stays
+flat whatever the library size. Each shard file records, in its metadata, which library and index range
+it covers and how many variants it skipped (measured, wild type), so `gather_scores` can prove the
+shards are disjoint and complete before concatenating them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ COUNTS_KEY = b"lyra_counts"  # written when a shard is complete
 # --- scoring -------------------------------------------------------------------------------------------
 
 
-def score_schema(n_models: int, write_sequences: bool, meta: dict) -> pa.Schema:
+RIDGE_COLUMN = "ridge"  # the one-hot ridge baseline's prediction, when the shard was scored with one
+
+
+def score_schema(n_models: int, write_sequences: bool, meta: dict, ridge: bool = False) -> pa.Schema:
     """The columns of a scores file (see `score_shard`), with `meta` as its 'lyra' metadata."""
     fields = [
         pa.field("index", pa.int64()),  # global variant index in the library
@@ -47,6 +51,8 @@ def score_schema(n_models: int, write_sequences: bool, meta: dict) -> pa.Schema:
         fields.append(pa.field("sequence", pa.string()))
     fields += [pa.field(f"score_{k}", pa.float32()) for k in range(n_models)]
     fields += [pa.field("mean", pa.float32()), pa.field("std", pa.float32())]
+    if ridge:
+        fields.append(pa.field(RIDGE_COLUMN, pa.float32()))
     return pa.schema(fields, metadata={META_KEY: json.dumps(meta, sort_keys=True).encode()})
 
 
@@ -77,15 +83,18 @@ def score_shard(
     write_sequences: bool | None = None,
     batch_size: int = 2048,
     padding: str | None = None,
+    ridge: str | Path | None = None,
 ) -> Path:
     """Score shard `shard` of `n_shards` with every checkpoint and write it to `out_path` (Parquet).
 
     Columns: index, variant_id, mutations, n_mutations, [sequence], score_<k> per checkpoint, mean, std
-    (float32; std is the population std over members, 0 for one model). `write_sequences` defaults to
+    (float32; std is the population std over members, 0 for one model), and with `ridge` (a model file
+    of `lyra.learn.ridge.save_ridge`) that model's prediction, `ridge`. `write_sequences` defaults to
     True only when sequences cannot be rebuilt from the wild type and the mutations. `padding`
     (data.padding) is stripped from the sequences of a `file` library, as from the training data.
     """
     from lyra.learn.checkpoints import load_checkpoint, predict_tokens
+    from lyra.learn.ridge import load_ridge
 
     if not checkpoints:
         raise ConfigError("score: no checkpoints given")
@@ -98,6 +107,12 @@ def score_shard(
         if info["alphabet"] != ab.name:
             raise LyraError(f"{path}: checkpoint alphabet {info['alphabet']!r} differs from the data's {ab.name!r}")
         members.append((model, info, _score_column(info, path)))
+    baseline = None
+    if ridge is not None:
+        baseline = load_ridge(ridge)
+        if baseline.alphabet.name != ab.name:
+            raise LyraError(f"{ridge}: ridge model alphabet {baseline.alphabet.name!r} differs from the data's "
+                            f"{ab.name!r}")
     lay = make_layout(cfg, wild_type, ab, first_position, padding)
     lay.build()
     exclusion = make_exclusion(exclude, wild_type, first_position, ab)
@@ -109,9 +124,9 @@ def score_shard(
         "alphabet": ab.name, "checkpoints": [str(p) for p in checkpoints],
         "targets": list(members[0][1]["targets"]), "task": members[0][1]["task"],
         "shard": shard, "n_shards": n_shards, "space": int(lay.space), "library_size": int(lay.size),
-        "index_range": [start, stop],
+        "index_range": [start, stop], "ridge": None if ridge is None else str(ridge),
     }
-    schema = score_schema(len(members), write_sequences, meta)
+    schema = score_schema(len(members), write_sequences, meta, ridge=baseline is not None)
     n_chunks = math.ceil((stop - start) / cfg.chunk_size) if stop > start else 0
     n_rows = 0
     out_path = Path(out_path)
@@ -131,7 +146,14 @@ def score_shard(
                     [predict_tokens(model, info, tokens, mask, batch_size)[:, col] for model, info, col in members],
                     axis=1,
                 )  # (n, M)
-                writer.write_table(_chunk_table(chunk, scores, schema, write_sequences))
+                ridge_scores = None
+                if baseline is not None:
+                    baseline = baseline.with_length(chunk.tokens.shape[1])  # a longer library variant: zero weights
+                    ridge_tokens = chunk.tokens  # (n, L)
+                    if chunk.mask is not None:  # past a shorter variant's end: padding, no weight
+                        ridge_tokens = np.where(chunk.mask, ridge_tokens, ab.pad_token)  # (n, L)
+                    ridge_scores = baseline.predict_tokens(ridge_tokens)  # (n,)
+                writer.write_table(_chunk_table(chunk, scores, schema, write_sequences, ridge_scores))
                 n_rows += len(chunk)
                 bar.update(max(1, round(len(chunk) / cfg.chunk_size)))
             skipped = (stop - start) - n_rows
@@ -139,13 +161,15 @@ def score_shard(
         finally:
             writer.close()
             bar.close()
-    log.info("shard %d/%d: %d variants scored by %d models (%d skipped) in %.1f s -> %s", shard, n_shards, n_rows,
-             len(members), skipped, time.perf_counter() - started, out_path)
+    log.info("shard %d/%d: %d variants scored by %d models%s (%d skipped) in %.1f s -> %s", shard, n_shards, n_rows,
+             len(members), "" if baseline is None else " and one-hot ridge", skipped, time.perf_counter() - started,
+             out_path)
     return out_path
 
 
-def _chunk_table(chunk, scores: np.ndarray, schema: pa.Schema, write_sequences: bool) -> pa.Table:
-    """One chunk -> a table in `schema`; scores (n, M) float64."""
+def _chunk_table(chunk, scores: np.ndarray, schema: pa.Schema, write_sequences: bool,
+                 ridge_scores: np.ndarray | None = None) -> pa.Table:
+    """One chunk -> a table in `schema`; scores (n, M) float64, ridge_scores (n,) or None."""
     n = len(chunk)
     has_mutations = chunk.n_mutations is not None
     muts = chunk.mutations() if has_mutations else None
@@ -161,6 +185,8 @@ def _chunk_table(chunk, scores: np.ndarray, schema: pa.Schema, write_sequences: 
         cols[f"score_{k}"] = pa.array(scores[:, k].astype(np.float32))
     cols["mean"] = pa.array(scores.mean(axis=1).astype(np.float32))
     cols["std"] = pa.array(scores.std(axis=1).astype(np.float32))
+    if ridge_scores is not None:
+        cols[RIDGE_COLUMN] = pa.array(ridge_scores.astype(np.float32))
     return pa.Table.from_pydict(cols, schema=schema)
 
 
@@ -189,7 +215,8 @@ def scores_meta(path: str | Path) -> dict:
     return open_scores(path)[1]
 
 
-_SAME_LIBRARY_KEYS = ("library", "wild_type", "first_position", "alphabet", "checkpoints", "space", "n_shards")
+_SAME_LIBRARY_KEYS = ("library", "wild_type", "first_position", "alphabet", "checkpoints", "ridge", "space",
+                      "n_shards")
 
 
 def gather_scores(shard_paths: Sequence[str | Path], out_path: str | Path, batch_size: int = 65536) -> Path:

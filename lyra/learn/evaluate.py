@@ -3,6 +3,10 @@
 The ensemble's prediction is the mean of its members' predictions (classification: probabilities). The
 metric functions themselves are in `lyra.learn.metrics`; here they are applied per split and per
 target, next to what a model that learned nothing would score, and read back by `learning_warnings`.
+
+Beside the ensemble, metrics.json holds a baseline fitted on the same training rows: one-hot ridge
+regression (`lyra.learn.ridge`), scored on the same splits (`baselines.ridge`), so a campaign learns on
+its own data whether Lyra beats an additive model; `better_on_validation` says which one does.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from lyra.io import write_json
 from lyra.learn import metrics as M
 from lyra.learn.checkpoints import load_checkpoint, predict_tokens
 from lyra.learn.forward import encode_frame, target_values, task_info
+from lyra.learn.ridge import RidgeModel, fit_ridge, save_ridge
 
 log = logging.getLogger("lyra.learn.evaluate")
 
@@ -75,10 +80,17 @@ def _baseline(task: str, targets: list[str], y: np.ndarray, pred: np.ndarray) ->
 
 
 def write_metrics(path: str | os.PathLike, checkpoints: Sequence[str | os.PathLike], frame: pd.DataFrame,
-                  meta: Mapping[str, Any], device: str | torch.device = "cpu") -> dict[str, Any]:
+                  meta: Mapping[str, Any], device: str | torch.device = "cpu", ridge: str | os.PathLike | None = None,
+                  seed: int = 0) -> dict[str, Any]:
     """models/metrics.json: test and valid ensemble metrics with per-seed values, the learning curves, and
     whether the ensemble learned: "learned" (bool) and "warnings" (one line each, empty when all is well;
-    see `learning_warnings`), each warning also logged."""
+    see `learning_warnings`), each warning also logged.
+
+    With `ridge` (a path; regression on one target only), also the one-hot ridge baseline: fitted on the
+    training rows (alpha by 5-fold cross-validation seeded by `seed`), written to `ridge`
+    (`lyra.learn.ridge.save_ridge`) and scored on both splits as `baselines.ridge` {valid, test, alpha,
+    selection, n_train}; null when `ridge` is None. Which model predicts the validation split better is
+    logged in one line (a warning when it is ridge)."""
     test = evaluate_ensemble(checkpoints, frame, meta, "test", device)
     valid = evaluate_ensemble(checkpoints, frame, meta, "valid", device)
     curves = {str(k): v for k, v in test.pop("learning_curves").items()}
@@ -89,8 +101,83 @@ def write_metrics(path: str | os.PathLike, checkpoints: Sequence[str | os.PathLi
     out["learned"] = has_learned(out)
     for warning in out["warnings"]:
         log.warning("%s", warning)
+    out["baselines"] = {"ridge": None}
+    if ridge is not None:
+        model = fit_ridge_baseline(frame, meta, seed)
+        save_ridge(model, ridge)
+        out["baselines"]["ridge"] = _ridge_metrics(model, frame, meta)
+        better, line = better_on_validation(_finite(out))
+        (log.warning if better == "ridge" else log.info)("%s", line)
     write_json(path, _finite(out))
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the one-hot ridge baseline
+
+RIDGE_CV_FOLDS = 5  # folds of the cross-validation that chooses ridge's alpha
+
+
+def fit_ridge_baseline(frame: pd.DataFrame, meta: Mapping[str, Any], seed: int = 0) -> RidgeModel:
+    """One-hot ridge on the dataset's training rows (the ensemble's), for sequences up to the dataset's
+    longest, so the valid and test rows are never longer than the model. A regression on one target."""
+    task, targets, _ = task_info(meta)
+    if task != "regression" or len(targets) != 1:
+        raise ConfigError(f"the one-hot ridge baseline is a regression on one target, not a {task} on "
+                          f"{len(targets)} target(s)")
+    rows = frame[frame["split"] == "train"]
+    y = target_values(rows, meta)[:, 0]  # (n,)
+    model = fit_ridge(rows["sequence"].tolist(), y, meta["alphabet"], cv=RIDGE_CV_FOLDS, seed=seed)
+    return model.with_length(int(frame["sequence"].str.len().max()))
+
+
+def _ridge_metrics(model: RidgeModel, frame: pd.DataFrame, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """baselines.ridge: ridge's metrics on each split (as the ensemble's, `_summary`), its alpha and
+    how alpha was chosen, and the number of training rows."""
+    task, targets, _ = task_info(meta)
+    out: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        rows = frame[frame["split"] == split]
+        pred = model.predict(rows["sequence"].tolist())[:, None]  # (n, 1)
+        out[split] = _summary(task, targets, target_values(rows, meta), pred)
+    out.update(alpha=model.alpha, selection=model.selection, n_train=int((frame["split"] == "train").sum()))
+    return out
+
+
+def better_on_validation(metrics: Mapping[str, Any]) -> tuple[str, str]:
+    """("lyra" or "ridge", one line saying why): the model whose validation Spearman in `metrics`
+    (models/metrics.json) is higher; ties go to Lyra. Lyra as well, with the reason, when there is no
+    ridge baseline or the validation split has fewer than MIN_ROWS_TO_JUDGE variants (or none): Spearman
+    on so few is mostly noise, and cross-validating Lyra instead would mean training it again per fold."""
+    ridge = (metrics.get("baselines") or {}).get("ridge")
+    if not ridge:
+        return "lyra", "metrics.json has no one-hot ridge baseline (fitted for regression on one target only)"
+    valid = metrics.get("valid") or {}
+    n = int(valid.get("n") or 0)
+    if n < MIN_ROWS_TO_JUDGE:
+        return "lyra", (f"the validation split has {n} variants, too few to tell Lyra and one-hot ridge apart "
+                        f"(needs {MIN_ROWS_TO_JUDGE}); Lyra by default")
+    lyra_rho = _num((valid.get("ensemble") or {}).get("spearman"))
+    ridge_rho = _num((ridge.get("valid") or {}).get("spearman"))
+    lyra_rho, ridge_rho = (0.0 if math.isnan(r) else r for r in (lyra_rho, ridge_rho))  # NaN: no ranking
+    if ridge_rho > lyra_rho:
+        return "ridge", (f"one-hot ridge predicts the validation variants better than the Lyra ensemble "
+                         f"(Spearman {ridge_rho:.2f} vs {lyra_rho:.2f} over {n} variants)")
+    return "lyra", (f"the Lyra ensemble predicts the validation variants at least as well as one-hot ridge "
+                    f"(Spearman {lyra_rho:.2f} vs {ridge_rho:.2f} over {n} variants)")
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """A metrics.json written by `write_metrics`; missing or not JSON is a DataError naming the file."""
+    import json
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError("not found (`lyra evaluate` writes it)", str(path)) from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read as JSON: {' '.join(str(e).split())[:200]}", str(path)) from None
 
 
 def _finite(x: Any) -> Any:

@@ -25,12 +25,18 @@ then refits on all rows at that alpha. With sparse X and K folds, RidgeCV fits e
 with the exact ones to within 1e-4 relative in our checks, so only alphas whose CV errors tie about that
 closely could swap. That solver also sets the cost: about 2 s for 384 GB1 variants (56 x 20 features), but
 some 100 s for 20,000 rows of GFP's 237 x 20 (two CPU cores).
+
+Keeping a fit. `save_ridge` writes a fitted model to one .npz file (atomically) and `load_ridge` reads it
+back, exactly: the campaign fits the baseline once, beside the ensemble, and scores the library with it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -39,6 +45,7 @@ import scipy.sparse
 
 from lyra.data.alphabet import Alphabet, get_alphabet
 from lyra.errors import DataError
+from lyra.io import atomic_path
 
 DEFAULT_ALPHAS = tuple(float(a) for a in 10.0 ** np.linspace(-3, 3, 13))  # 1e-3 ... 1e3, half-decade steps
 PREDICT_CHUNK = 16384  # sequences per chunk in RidgeModel.predict
@@ -48,7 +55,7 @@ def one_hot_sparse(seqs: Sequence[str], alphabet: Alphabet, length: int) -> scip
     """Sequences -> sparse (n, length * C) one-hot, right-padded with zeros to `length`.
 
     A sequence longer than `length` raises `InvalidSequenceError` (nothing is truncated)."""
-    tokens = _tokens(list(seqs), alphabet, length)  # (n, L)
+    tokens = alphabet.encode_batch(list(seqs), length=length)[0]  # (n, L)
     C = alphabet.size
     rows, cols, vals = [], [], []
     n_rows, L = tokens.shape
@@ -64,25 +71,6 @@ def one_hot_sparse(seqs: Sequence[str], alphabet: Alphabet, length: int) -> scip
     return scipy.sparse.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, L * C)
     )
-
-
-def _tokens(seqs: list[str], alphabet: Alphabet, length: int) -> np.ndarray:
-    """`alphabet.encode_batch(seqs, length=length)[0]` (tokens (n, length), right-padded), vectorised
-    over the whole list; any input it would refuse goes to encode_batch itself, for its error message."""
-    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))  # (n,)
-    joined = "".join(seqs)
-    if lengths.size and lengths.max() > length or not joined.isascii():
-        return alphabet.encode_batch(seqs, length=length)[0]  # raises
-    table = np.full(256, -1, dtype=np.int64)  # byte -> token, -1: not in the alphabet
-    table[np.frombuffer(alphabet.letters.encode("ascii"), dtype=np.uint8)] = np.arange(alphabet.size)
-    table[np.frombuffer(alphabet.ambiguous.encode("ascii"), dtype=np.uint8)] = alphabet.uniform_token
-    flat = table[np.frombuffer(joined.encode("ascii"), dtype=np.uint8)]  # (sum(lengths),)
-    if (flat < 0).any():
-        return alphabet.encode_batch(seqs, length=length)[0]  # raises, naming the sequence and character
-    starts = np.cumsum(lengths) - lengths  # (n,)
-    tokens = np.full((len(seqs), length), alphabet.pad_token, dtype=np.int64)  # (n, L)
-    tokens[np.repeat(np.arange(len(seqs)), lengths), np.arange(flat.size) - np.repeat(starts, lengths)] = flat
-    return tokens
 
 
 def _solve(X: scipy.sparse.csr_matrix, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +139,35 @@ class RidgeModel:
             start += len(chunk)
         return np.concatenate(out) if out else np.zeros(0)
 
+    def predict_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        """Encoded sequences -> predictions (n,), float64: exactly `predict` of the sequences they encode,
+        without decoding them (a library chunk scores some 30 times faster). tokens (n, L), L <= length:
+        the alphabet's letters (0..C-1), its ambiguous token (1/C on each letter: the mean weight) and its
+        pad token past a sequence's end (no weight)."""
+        tokens = np.asarray(tokens)
+        n, L = tokens.shape
+        C = self.alphabet.size
+        if L > self.length:
+            raise DataError(f"tokens of length {L}, longer than the {self.length} the ridge model was fitted on")
+        if n and (tokens.min() < 0 or tokens.max() > self.alphabet.pad_token):
+            raise DataError(f"tokens outside the {self.alphabet.name} alphabet's 0..{self.alphabet.pad_token}")
+        weights = self.coef.reshape(self.length, C)[:L]  # (L, C)
+        table = np.concatenate([weights, weights.mean(axis=1, keepdims=True), np.zeros((L, 1))], axis=1)  # (L, C + 2)
+        out = np.empty(n)
+        step = max(1, (1 << 21) // max(L, 1))  # rows per block: the gathered weights stay near 16 MB
+        for start in range(0, n, step):
+            out[start:start + step] = table[np.arange(L), tokens[start:start + step]].sum(axis=1)  # (block,)
+        return out + self.intercept
+
+    def with_length(self, length: int) -> "RidgeModel":
+        """The same model for sequences up to `length` long (no shorter than `self.length`): the positions
+        beyond the fitted length get zero weights, which is what the fit itself gives them, as every
+        training sequence is padding (zeros) there."""
+        if length <= self.length:
+            return self
+        extra = np.zeros((length - self.length) * self.alphabet.size)  # ((length - L) * C,)
+        return dataclasses.replace(self, coef=np.concatenate([self.coef, extra]), length=int(length))
+
 
 def _check_alphas(alphas) -> np.ndarray:
     a = np.unique(np.asarray(alphas, dtype=np.float64).ravel())  # (k,) sorted, duplicates dropped
@@ -214,3 +231,44 @@ def fit_ridge(sequences: Sequence[str], y, alphabet: str | Alphabet = "protein",
     w, b = _solve(X, y[:, None], alpha)  # (d, 1), (1,)
     return RidgeModel(coef=w[:, 0], intercept=float(b[0]), alpha=alpha, length=length, alphabet=ab,
                       selection=selection)
+
+
+# --- keeping a fitted model ------------------------------------------------------------------------------
+
+_RIDGE_FILE_KIND = "lyra one-hot ridge"  # marks the .npz as save_ridge's
+
+
+def save_ridge(model: RidgeModel, path: str | os.PathLike) -> Path:
+    """Write `model` to `path` (.npz: coef, intercept, alpha, length, the alphabet's name and letters, and
+    how alpha was chosen), atomically; `load_ridge` reads it back exactly."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+        np.savez(f, kind=np.array(_RIDGE_FILE_KIND), coef=np.asarray(model.coef, dtype=np.float64),
+                 intercept=np.float64(model.intercept), alpha=np.float64(model.alpha), length=np.int64(model.length),
+                 alphabet=np.array(model.alphabet.name), letters=np.array(model.alphabet.letters),
+                 selection=np.array(model.selection))
+    return path
+
+
+def load_ridge(path: str | os.PathLike) -> RidgeModel:
+    """A model written by `save_ridge`; a missing, unreadable or foreign file is a DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("one-hot ridge model not found (`lyra evaluate` writes it)", str(path))
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            fields = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read as a ridge model (.npz): {' '.join(str(e).split())[:200]}", str(path)) from None
+    if str(fields.get("kind", "")) != _RIDGE_FILE_KIND:
+        raise DataError("not a one-hot ridge model written by lyra", str(path))
+    try:
+        alphabet = get_alphabet(str(fields["alphabet"]))
+    except ValueError as e:
+        raise DataError(str(e), str(path)) from None
+    length, coef = int(fields["length"]), np.asarray(fields["coef"], dtype=np.float64)
+    if str(fields["letters"]) != alphabet.letters or coef.shape != (length * alphabet.size,):
+        raise DataError(f"ridge model does not match the {alphabet.name} alphabet's letters or its own length",
+                        str(path))
+    return RidgeModel(coef=coef, intercept=float(fields["intercept"]), alpha=float(fields["alpha"]),
+                      length=length, alphabet=alphabet, selection=str(fields["selection"]))

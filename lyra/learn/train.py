@@ -184,6 +184,17 @@ def _check_prior_lengths(table: torch.Tensor, *splits: _Split) -> None:
                             f"but the dataset has a sequence of length {L}")
 
 
+def varied_sites(*splits: _Split) -> tuple[int, ...]:
+    """0-based positions at which the splits' sequences differ (model.sites: varied)."""
+    tokens = torch.cat([s.tokens for s in splits])  # (n, L)
+    if not bool(torch.cat([s.mask for s in splits]).all()):
+        raise ConfigError("model.sites: varied needs variants of one length (the dataset's lengths differ)")
+    varied = (tokens != tokens[:1]).any(0)  # (L,)
+    if not bool(varied.any()):
+        raise DataError("model.sites: varied, but the training and validation variants are all the same sequence")
+    return tuple(int(p) for p in torch.nonzero(varied).flatten())
+
+
 # ----------------------------------------------------------------------------------------------------
 # model, loss, schedule and the best-epoch rule
 
@@ -366,6 +377,10 @@ def train_model(
         prior_table = torch.as_tensor(prior_table, dtype=torch.float32)
         _check_prior_lengths(prior_table, train, valid)
         cfg = dataclasses.replace(cfg, prior_length=prior_table.shape[0])
+    if cfg.sites == "varied":
+        cfg = dataclasses.replace(cfg, site_positions=varied_sites(train, valid))
+        log.info("the network reads the %d positions where the variants differ: %s", len(cfg.site_positions),
+                 ", ".join(str(p + 1) for p in cfg.site_positions[:20]) + (" ..." if len(cfg.site_positions) > 20 else ""))
     embedding = ab.embedding().to(device)  # (C + 2, C): one-hot rows, uniform row, zero padding row
     if class_w is not None:
         class_w = class_w.to(device)

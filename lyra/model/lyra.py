@@ -9,7 +9,10 @@ Architecture for Modeling Biological Sequences" (arXiv 2503.16351). The network,
     y = Linear(H -> d_output)(pool(x))                # masked mean/max/first pool, or per token
     y = y + beta * (sum_l u_l . S_l - mu) / sigma      # optional evolutionary prior (lyra.design.prior)
 
-with H = d_model. Beyond the paper's model: padding masks, any number of PGC/S4D layers, a
+with H = d_model. With `site_positions` set (model.sites: varied), the network reads only those columns
+of u, while the prior still reads the whole sequence.
+
+Beyond the paper's model: padding masks, any number of PGC/S4D layers, a
 bidirectional S4D, other pooling, a token-level head, and an optimiser helper that gives the SSM
 parameters their own learning rate.
 
@@ -37,7 +40,7 @@ from lyra.schema import schema_fields
 
 @dataclass
 @schema_fields("model", derived=("d_input", "d_output", "token_level", "ssm_lr", "dt_min", "dt_max",
-                                 "prior_length", "prior_sign"))
+                                 "prior_length", "prior_sign", "site_positions"))
 class LyraConfig:
     """The architecture: the `model` section of lyra/schema.yaml (defaults there) and the fields the code sets."""
 
@@ -51,15 +54,20 @@ class LyraConfig:
     bidirectional: bool  # S4D with a forward and a backward kernel, summed
     kernel_size: int  # PGC depthwise conv, odd, "same" padding
     pooling: str  # mean | max | first
+    sites: str  # all | varied: how training sets site_positions
     token_level: bool = False  # output (B, L, d_output) instead of pooling
     ssm_lr: float = 1e-3  # learning rate of log_dt and A (configure_optimizer)
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     prior_length: int = 0  # positions of a fixed per-site prior table S (0: no prior term)
     prior_sign: int = 0  # the prior weight beta: 0 free; +1 / -1 held to that sign (sign * softplus)
+    site_positions: tuple[int, ...] = ()  # 0-based columns the network reads (empty: every position)
 
     def __post_init__(self) -> None:
         self.pgc_expansions = tuple(float(r) for r in self.pgc_expansions)
+        self.site_positions = tuple(int(p) for p in self.site_positions)
+        if any(p < 0 for p in self.site_positions) or list(self.site_positions) != sorted(set(self.site_positions)):
+            raise ConfigError(f"model.site_positions: must be increasing positions >= 0, got {self.site_positions}")
         for r in self.pgc_expansions:
             if int(self.d_model * r) < 1:
                 raise ConfigError(f"model.pgc_expansions: {r} gives fewer than 1 channel at d_model={self.d_model}")
@@ -179,9 +187,14 @@ class Lyra(nn.Module):
         """u (B, L, d_input) float, mask (B, L) bool True on residues -> (B, d_output) or (B, L, d_output)."""
         if mask is not None:
             mask = mask.to(device=u.device, dtype=torch.bool)
+        prior = self.prior(u).unsqueeze(-1) * self.prior_weight() if self.config.prior_length else None  # (B, d_output)
+        if self.config.site_positions:
+            u, mask = self.at_sites(u), None if mask is None else self.at_sites(mask)  # (B, S, d_input), (B, S)
         if fast.cpu_inference(u):
-            return fast.in_pieces(self.network, u, mask)  # slices of the batch, windows along a long L
-        return self.network(u, mask)
+            y = fast.in_pieces(self.network, u, mask)  # slices of the batch, windows along a long L
+        else:
+            y = self.network(u, mask)  # (B, d_output) or (B, L, d_output)
+        return y if prior is None else y + prior
 
     def network(self, u: torch.Tensor, mask: torch.Tensor | None, window: int | None = None) -> torch.Tensor:
         """The network on one batch; `window` (from `fast.in_pieces`): positions per window along a long L."""
@@ -194,10 +207,15 @@ class Lyra(nn.Module):
             x = block(x, mask, None if self.training else window)  # (B, L, H); dropout masks span all of L
         if self.config.token_level:
             return _zero_padding(self.decoder(x), mask)  # (B, L, d_output)
-        y = self.decoder(self.pool(x, mask))  # (B, d_output)
-        if self.config.prior_length:
-            y = y + self.prior(u).unsqueeze(-1) * self.prior_weight()  # (B, d_output)
-        return y
+        return self.decoder(self.pool(x, mask))  # (B, d_output)
+
+    def at_sites(self, t: torch.Tensor) -> torch.Tensor:
+        """The columns `site_positions` of a (B, L, ...) tensor -> (B, S, ...)."""
+        positions = self.config.site_positions
+        if t.shape[1] <= positions[-1]:
+            raise DataError(f"the model reads sites up to position {positions[-1] + 1} (the varied sites of its "
+                            f"training data), got sequences of length {t.shape[1]}")
+        return t[:, list(positions)]
 
     def local(self, u: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Encoder and PGC layers: (B, L, d_input) -> (B, L, H)."""

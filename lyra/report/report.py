@@ -2,7 +2,9 @@
 writes every figure (`layout.FIGURES`) and table (`layout.TABLES`) of its report.
 
 A figure whose inputs are missing (tuning disabled, no wild type, a classification task) is still
-written, as a panel that says why, so the workflow's list of outputs never depends on the data. The
+written, as a panel that says why, so the workflow's list of outputs never depends on the data. Where
+metrics.json has the one-hot ridge baseline, top_n.md opens with the ensemble's and ridge's validation and
+test metrics side by side (`model_comparison`), and the library figure shows the model that ranked. The
 figures themselves are drawn in `lyra.report.figures`, the epistasis table in `lyra.report.epistasis`;
 `lyra report` (lyra.cli) also writes the manifest.
 """
@@ -21,6 +23,7 @@ import pandas as pd
 
 from lyra.campaign.layout import (DATASET, FIGURES, MODELS, PLATE, RANKING, REPORT, SCORES, TABLES, TUNE_BEST,
                                   Layout)
+from lyra.design.scoring import RIDGE_COLUMN
 from lyra.errors import DataError
 from lyra.io import atomic_path, write_text
 from lyra.report.epistasis import epistasis_of_picks
@@ -98,18 +101,20 @@ def read_json(path: Path) -> dict | None:
         raise DataError(f"not valid JSON ({e.msg}, line {e.lineno})", path=str(path)) from None
 
 
-def summarise_scores(path: str | Path, bins: int | None = None, sample: int = 20_000) -> ScoreSummary:
-    """The library's predicted means, streamed from scores.parquet (never all in memory)."""
+def summarise_scores(path: str | Path, bins: int | None = None, sample: int = 20_000,
+                     column: str = "mean") -> ScoreSummary:
+    """The library's predictions, streamed from scores.parquet (never all in memory): the ensemble's mean
+    and std, or another model's column (`column`, e.g. the ridge baseline's: no std, zeros)."""
     import pyarrow.parquet as pq
 
     f = pq.ParquetFile(path)
-    cols = [c for c in ("mean", "std") if c in f.schema_arrow.names]
-    if "mean" not in cols:
-        raise DataError("has no 'mean' column", path=str(path))
+    cols = [c for c in (column, "std" if column == "mean" else None) if c in f.schema_arrow.names]
+    if column not in cols:
+        raise DataError(f"has no {column!r} column", path=str(path))
     n = f.metadata.num_rows
     bins = bins or int(np.clip(np.sqrt(n), 10, 80))
     lo, hi = math.inf, -math.inf
-    for batch in f.iter_batches(columns=["mean"], batch_size=1 << 20):
+    for batch in f.iter_batches(columns=[column], batch_size=1 << 20):
         m = batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
         m = m[np.isfinite(m)]
         if m.size:
@@ -150,6 +155,44 @@ def learning_curves_from(metrics: Mapping | None, ensemble: Ensemble | None) -> 
             best.setdefault(seed, int(info["best_epoch"]))
         metric = metric or info.get("selection_metric")
     return curves, best, metric
+
+
+def model_comparison(metrics: Mapping | None, ranking: pd.DataFrame | None = None) -> list[str]:
+    """Markdown lines comparing the Lyra ensemble with the one-hot ridge baseline on the validation and
+    test splits (metrics.json), the line saying which predicts the validation variants better, and which
+    model ranked the picks; none without a ridge baseline."""
+    from lyra.learn.evaluate import better_on_validation
+
+    ridge = ((metrics or {}).get("baselines") or {}).get("ridge")
+    if not ridge:
+        return []
+    columns = [("spearman", "Spearman"), ("pearson", "Pearson"), ("mse", "MSE")]
+    lines = ["| model | " + " | ".join(f"{split} {name}" for split in ("valid", "test") for _, name in columns) + " |",
+             "|---|" + "---|" * 2 * len(columns)]
+    ensemble = {split: (metrics.get(split) or {}).get("ensemble") or {} for split in ("valid", "test")}
+    n_models = (metrics.get("valid") or {}).get("n_models")
+    lyra = f"Lyra ensemble ({n_models} model{'s' if n_models != 1 else ''})" if n_models else "Lyra ensemble"
+    rows = [(lyra, ensemble), (f"one-hot ridge (alpha {ridge.get('alpha', math.nan):g})", ridge)]
+    for name, scores in rows:
+        cells = [_metric((scores.get(split) or {}).get(key)) for split in ("valid", "test") for key, _ in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    verdict = better_on_validation(metrics)[1]
+    lines += ["", f"{verdict[:1].upper()}{verdict[1:]}."]
+    if ranking is not None:
+        by = {"lyra": "the Lyra ensemble", "ridge": "one-hot ridge"}[ranking_model_of(ranking)]
+        lines.append(f"The picks below are ranked by {by} (rank.model).")
+    return [*lines, ""]
+
+
+def _metric(x) -> str:
+    return "–" if x is None or not math.isfinite(float(x)) else f"{float(x):.3f}"
+
+
+def ranking_model_of(ranking: pd.DataFrame | None) -> str:
+    """The model that ranked ranking.csv (its `model` column): lyra or ridge; lyra for older rankings."""
+    if ranking is None or "model" not in ranking or ranking.empty:
+        return "lyra"
+    return str(ranking["model"].iloc[0])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -215,8 +258,9 @@ def make_report(campaign_dir: str | Path, config: Mapping[str, Any] | None = Non
     wild_type = meta.get("wild_type")
     first = 1 if meta.get("first_position") is None else int(meta["first_position"])  # 0 is a numbering too
     regression = meta.get("task", "regression") == "regression"
+    by_ridge = ranking_model_of(ranking) == "ridge"  # the picks' mean is ridge's prediction: show ridge's library
     f_wt = None
-    if ensemble is not None and wild_type and regression:
+    if ensemble is not None and wild_type and regression and not by_ridge:  # the ensemble's, not ridge's, wild type
         f_wt = float(ensemble.predict([wild_type])[0][0, 0])
     if campaign.scores.exists() and ranking is not None:
         refs = {}
@@ -224,19 +268,22 @@ def make_report(campaign_dir: str | Path, config: Mapping[str, Any] | None = Non
             refs["wild type, predicted"] = f_wt
         if frame is not None and target in frame and regression:
             refs["best measured"] = float(pd.to_numeric(frame[target], errors="coerce").max())
-        summary = summarise_scores(campaign.scores)
+        summary = summarise_scores(campaign.scores, column=RIDGE_COLUMN if by_ridge else "mean")
         written.append(plot_library_scores(summary, ranking, paths["library_scores"], refs, target))
     else:
         written.append(plot_unavailable(paths["library_scores"], "Library score distribution",
                                         f"{SCORES} or {RANKING} is missing"))
 
-    # top-N table
+    # top-N table, after metrics.json's warnings and the models side by side
+    comparison = model_comparison(metrics, ranking)
     if ranking is not None:
         written.append(plot_top_table(ranking, paths["top_n"], cfg.table_rows))
-        written.append(write_top_markdown(ranking, tables["top_n"], warnings))
+        picks = write_top_markdown(ranking, tables["top_n"]).read_text()
+        write_text(tables["top_n"], "\n".join([*warning_block(warnings), *comparison, picks]))
+        written.append(tables["top_n"])
     else:
         written.append(plot_unavailable(paths["top_n"], "Top picks", f"{RANKING} is missing"))
-        write_text(tables["top_n"], "\n".join([*warning_block(warnings), f"{RANKING} is missing\n"]))
+        write_text(tables["top_n"], "\n".join([*warning_block(warnings), *comparison, f"{RANKING} is missing\n"]))
         written.append(tables["top_n"])
 
     # plate map
