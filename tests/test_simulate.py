@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from lyra.campaign.checks import stage_inputs
 from lyra.campaign.config import resolve_config
 from lyra.campaign.simulate import (Landscape, initial_plate, simulate_run, strategies, strategy_config,
                                     summarise)
@@ -129,6 +130,9 @@ def test_default_strategies_and_overrides(tmp_path):
     cfg = strategy_config(config, "small")
     assert cfg["model"]["d_model"] == 4 and cfg["model"]["d_state"] == 4  # the campaign's other keys stay
     assert cfg["train"]["seeds"] == 1 and cfg["rank"]["strategy"] == "mean"
+    # a strategy's own alignment is a declared input of the simulation jobs, resolved like the campaign's
+    config = campaign(tmp_path, strategies={"family": {"model": "lyra", "prior": {"msa": "family.a2m"}}})
+    assert stage_inputs(config)["simulate"] == [str((tmp_path / "family.a2m").resolve())]
 
 
 @pytest.mark.parametrize("strategy, message", [

@@ -37,8 +37,18 @@ def stage_inputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
         "score": library,
         "rank": [dna] if (dna := wild_type_dna(config)) else [],
         "report": [],
-        "simulate": [*msa, *initial_plate_file(config)],
+        "simulate": [*simulation_alignments(config), *initial_plate_file(config)],
     }
+
+
+def simulation_alignments(config: Mapping[str, Any]) -> list[str]:
+    """The alignments the retrospective campaigns read: the campaign's prior.msa and every strategy's own."""
+    if not config.get("simulate"):
+        return [msa] if (msa := prior_msa(config)) else []
+    from lyra.campaign.simulate import strategies, strategy_config
+
+    found = (prior_msa(strategy_config(config, name)) for name in strategies(config))
+    return sorted({msa for msa in found if msa})
 
 
 def initial_plate_file(config: Mapping[str, Any]) -> list[str]:

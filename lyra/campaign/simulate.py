@@ -247,8 +247,10 @@ def pick_ridge(land: Landscape, measured: np.ndarray, n: int, seed: int) -> np.n
 
 
 def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: int, seed: int,
-              library: str | Path, workdir: Path, valid_fraction: float) -> np.ndarray:
-    """The product's own stages on the measured variants: dataset, ensemble, scores, ranking."""
+              library: str | Path, workdir: Path, valid_fraction: float,
+              timings: dict[str, float] | None = None) -> np.ndarray:
+    """The product's own stages on the measured variants: dataset, ensemble, scores, ranking. The wall
+    time of each (prepare, train, score, rank, in seconds) is logged, and put in `timings` if given."""
     import pandas as pd
 
     from lyra.data.dataset import load_dataset, prepare_dataset
@@ -257,6 +259,14 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
     from lyra.design.scoring import score_shard
     from lyra.learn.forward import resolve_device
     from lyra.learn.train import TrainConfig, train_model
+
+    timings = {} if timings is None else timings
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        timings[stage] = time.perf_counter() - clock
+        clock = time.perf_counter()
 
     workdir.mkdir(parents=True, exist_ok=True)
     rows = np.flatnonzero(measured)
@@ -274,18 +284,23 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
     train_cfg = TrainConfig.from_dict(cfg["train"])
     model_cfg = model_params(cfg, cfg["model"])
     table = prior_table(cfg, ds.meta)
+    lap("prepare")
     checkpoints = []
     for member in range(train_cfg.seeds):
         ckpt = workdir / f"member{member}.pt"
         train_model(ds.frame, ds.meta, model_cfg, train_cfg, seed + member, ckpt, prior_table=table, log_every=0)
         checkpoints.append(ckpt)
+    lap("train")
     scores = workdir / "unmeasured_scores.parquet"
     library_cfg = LibraryConfig.from_dict({"kind": "file", "path": str(library), "n_shards": 1})
     score_shard(checkpoints, library_cfg, meta.get("wild_type"), meta.get("first_position", 1), meta["alphabet"],
                 0, 1, scores, device=str(resolve_device(train_cfg.device)), exclude=set(land.sequence[rows]),
                 progress=False)
+    lap("score")
     ranking = rank_variants(scores, RankConfig.from_dict({**cfg["rank"], "model": "lyra", "top_n": n,
                                                           "allow_fewer": True, "seed": seed}))
+    lap("rank")
+    log.info("%d measured variants: %s", len(rows), ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     for path in [*checkpoints, scores, measured_csv, workdir / "measured.parquet"]:
         path.unlink(missing_ok=True)  # the round's picks are kept; the models are cheap to retrain
     return land.indices(ranking["sequence"].tolist())

@@ -273,9 +273,11 @@ class ScoreSummary:
 
 
 def plot_library_scores(summary: ScoreSummary, picks: pd.DataFrame, out: str | Path,
-                        references: Mapping[str, float] | None = None, target: str = "score") -> Path:
+                        references: Mapping[str, float] | None = None, target: str = "score",
+                        predictor: str = "ensemble mean") -> Path:
     """Left: histogram of the library's predicted mean (log count axis), the picks' histogram on top
-    and reference lines; right: predicted mean vs ensemble std, picks highlighted."""
+    and reference lines; right: predicted mean vs ensemble std, picks highlighted. `predictor` names
+    what ranked the library (the ensemble mean, or one-hot ridge)."""
     fig = Figure(figsize=(12, 4.6), layout="constrained")
     ax, ax2 = fig.subplots(1, 2, width_ratios=(1.3, 1))
     widths = np.diff(summary.edges)
@@ -293,7 +295,7 @@ def plot_library_scores(summary: ScoreSummary, picks: pd.DataFrame, out: str | P
     if summary.counts.max(initial=0) > 100:  # else the picks' bars vanish next to the library's
         ax.set_yscale("log")
     log_y = " (log scale)" if ax.get_yscale() == "log" else ""
-    ax.set(xlabel=f"predicted {target} (ensemble mean)", ylabel="variants" + log_y,
+    ax.set(xlabel=f"predicted {target} ({predictor})", ylabel="variants" + log_y,
            title="Library score distribution")
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)
@@ -303,7 +305,7 @@ def plot_library_scores(summary: ScoreSummary, picks: pd.DataFrame, out: str | P
     if pick_mean.size and "std" in picks:
         ax2.scatter(pick_mean, picks["std"].to_numpy(dtype=np.float64), s=18, color="tab:orange",
                     edgecolor="black", lw=0.4, label="picks")
-    ax2.set(xlabel=f"predicted {target} (ensemble mean)", ylabel="ensemble std (uncertainty)",
+    ax2.set(xlabel=f"predicted {target} ({predictor})", ylabel="ensemble std (uncertainty)",
             title="Mean vs uncertainty: what the acquisition traded off")
     ax2.legend(fontsize=8, markerscale=2)
     ax2.grid(alpha=0.3)

@@ -269,7 +269,8 @@ def make_report(campaign_dir: str | Path, config: Mapping[str, Any] | None = Non
         if frame is not None and target in frame and regression:
             refs["best measured"] = float(pd.to_numeric(frame[target], errors="coerce").max())
         summary = summarise_scores(campaign.scores, column=RIDGE_COLUMN if by_ridge else "mean")
-        written.append(plot_library_scores(summary, ranking, paths["library_scores"], refs, target))
+        written.append(plot_library_scores(summary, ranking, paths["library_scores"], refs, target,
+                                           predictor="one-hot ridge" if by_ridge else "ensemble mean"))
     else:
         written.append(plot_unavailable(paths["library_scores"], "Library score distribution",
                                         f"{SCORES} or {RANKING} is missing"))
