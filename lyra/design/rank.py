@@ -94,10 +94,10 @@ class RankConfig:
 def ranking_model(cfg: RankConfig, metrics: Mapping[str, Any] | None = None) -> tuple[str, str]:
     """("lyra" or "ridge", why): the model that ranks under rank.model; auto compares the two on the
     validation split of `metrics` (models/metrics.json, `lyra.learn.evaluate.better_on_validation`)."""
-    from lyra.learn.evaluate import better_on_validation  # imports torch: only when it is needed
-
     if cfg.model != "auto":
         return cfg.model, f"rank.model: {cfg.model}"
+    from lyra.learn.evaluate import better_on_validation  # imports torch: only when it is needed
+
     if metrics is None:
         raise ConfigError("rank.model: auto compares the models on models/metrics.json, and none was given")
     model, why = better_on_validation(metrics)
