@@ -207,7 +207,8 @@ def _same_run(path: Path, model_cfg: dict, cfg: TrainConfig, prior: np.ndarray |
         return False
     same_train = {k: v for k, v in info["train_config"].items() if k not in ignore} == \
         {k: v for k, v in cfg.to_dict().items() if k not in ignore}
-    defaults = LyraConfig().to_dict()  # a key an older checkpoint lacks had its default
+    # a key an older checkpoint lacks had its default then (before pool_norm, none)
+    defaults = {**LyraConfig().to_dict(), "pool_norm": "none"}
     same_model = all(info["model_config"].get(k, defaults.get(k)) == (list(v) if isinstance(v, tuple) else v)
                      for k, v in model_cfg.items())
     picked = replay_selection(info["history"], cfg.selection_metric, cfg.patience)
@@ -275,7 +276,8 @@ def run_split(name: str, seeds: int | None, out_dir: Path, epochs: int | None, m
         table = gb1_prior_table(prior)
     setting = SETTINGS[name]
     seeds = setting.seeds if seeds is None else seeds
-    model_cfg = {**setting.model, **model_override}
+    # pool_norm none: the output layer these settings were chosen and measured with (--model overrides it)
+    model_cfg = {"pool_norm": "none", **setting.model, **model_override}
     if table is not None:
         model_cfg["prior_sign"] = PRIOR_SIGNS[prior_sign]
     train_kw = {**setting.train, "device": device, "seeds": seeds, **train_override}

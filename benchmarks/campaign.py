@@ -105,7 +105,8 @@ def lyra_campaign(gb1: pd.DataFrame, wt: str, train: np.ndarray, args, workdir: 
     train_frame = gb1.iloc[train]
     y = transform_target(train_frame["fitness"].to_numpy(), args.target)
     meta = {"alphabet": "protein", "targets": ["fitness"], "task": "regression"}
-    model_cfg = {"d_model": args.d_model, "d_state": args.d_state, "dropout": args.dropout}
+    model_cfg = {"d_model": args.d_model, "d_state": args.d_state, "dropout": args.dropout,
+                 "pool_norm": "none"}  # the output layer the recorded single-round numbers were measured with
     train_cfg = TrainConfig(max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
                             weight_decay=args.weight_decay, target_transform=args.train_transform, loss=args.loss,
                             selection_metric=args.selection, device="cpu", scheduler="cosine")

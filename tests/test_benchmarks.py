@@ -144,3 +144,45 @@ def test_a_missing_data_folder_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"data folder .*absent not found"):
         accuracy.main(["--splits", "two_vs_rest", "--quick", "--out", str(tmp_path / "ck")])
     assert not (tmp_path / "ck").exists()
+
+
+def test_dms_recipe_prints_ridge_and_each_recipe_on_validation_rows_only(tmp_path, monkeypatch, capsys):
+    """benchmarks/dms_recipe.py on a small mutation table: one row for ridge and one per recipe, each
+    with a curve of the epochs run; ridge's number is its fit on the seeded training subsample, scored
+    on the seeded validation subsample."""
+    import sys
+
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks import dms_recipe
+    from lyra.learn.ridge import fit_ridge
+    from tests.prepared import prepare
+
+    rng = np.random.default_rng(0)
+    wt, letters = "MKTAYIAKQRQISFVKSHFS", "ACDEFGHIKLMNPQRSTVWY"
+    rows = []
+    for _ in range(160):
+        pos = rng.choice(len(wt), 2, replace=False)
+        muts = [f"{wt[p]}{p + 1}{letters[(letters.index(wt[p]) + 1 + rng.integers(19)) % 20]}" for p in sorted(pos)]
+        rows.append((":".join(muts), float(sum(letters.index(m[-1]) for m in muts)) + rng.normal()))
+    pd.DataFrame(rows, columns=["mutant", "score"]).drop_duplicates("mutant").to_csv(tmp_path / "dms.csv", index=False)
+    dataset = prepare({"path": str(tmp_path / "dms.csv"), "mutations_column": "mutant", "wild_type": wt,
+                       "target_column": "score"}, {"method": "random"}, tmp_path / "data")
+    recipe = json.dumps({"model": {"d_model": 8, "d_state": 4}, "train": {"batch_size": 16}})
+    monkeypatch.setattr(sys, "argv", ["dms_recipe.py", "--dataset", str(dataset), "--train-size", "60",
+                                      "--valid-size", "12", "--epochs", "2", "--recipe", f"tiny={recipe}"])
+    dms_recipe.main()
+    out = capsys.readouterr().out
+    assert "60 training and 12 validation variants of length 20, 2 epochs" in out
+    table = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [line.split(" | ")[0] for line in table] == ["| one-hot ridge (5-fold CV alpha)", "| tiny"]
+    assert len(table[1].split(" | ")[1].split()) == 2  # a validation Spearman per epoch
+
+    frame = pd.read_parquet(dataset)
+    rng = np.random.default_rng(0)
+    train = np.sort(rng.choice(np.flatnonzero(frame["split"] == "train"), 60, replace=False))
+    valid = np.sort(rng.choice(np.flatnonzero(frame["split"] == "valid"), 12, replace=False))
+    ridge = fit_ridge(frame["sequence"].iloc[train].tolist(), frame["score"].iloc[train].to_numpy(), seed=0)
+    expected = spearman(frame["score"].iloc[valid].to_numpy(), ridge.predict(frame["sequence"].iloc[valid]))
+    assert f"| {expected:.3f} |" in table[0]

@@ -11,7 +11,7 @@ import torch
 from lyra import Lyra, LyraConfig
 from lyra.errors import ConfigError
 from lyra.model import fast
-from lyra.model.lyra import configure_optimizer, ssm_parameters
+from lyra.model.lyra import PoolNorm, configure_optimizer, ssm_parameters
 from lyra.model.s4d import S4D, S4DKernel
 
 
@@ -168,11 +168,11 @@ def test_checkpoint_config_keys_are_unchanged():
     # model_config as checkpoints store it: same keys, same order, plain types
     stored = {"d_input": 20, "d_output": 1, "d_model": 64, "d_state": 64, "pgc_expansions": [0.25, 2.0],
               "n_s4d": 1, "dropout": 0.2, "bidirectional": False, "kernel_size": 3, "pooling": "mean",
-              "sites": "all", "token_level": False, "ssm_lr": 0.001, "dt_min": 0.001, "dt_max": 0.1,
+              "pool_norm": "batch", "sites": "all", "token_level": False, "ssm_lr": 0.001, "dt_min": 0.001, "dt_max": 0.1,
               "prior_length": 0, "prior_sign": 0, "site_positions": []}
     assert list(LyraConfig().to_dict().items()) == list(stored.items())
     assert LyraConfig.from_dict(stored) == LyraConfig()
-    older = {k: v for k, v in stored.items() if k not in ("sites", "site_positions")}  # before model.sites
+    older = {k: v for k, v in stored.items() if k not in ("sites", "site_positions", "pool_norm")}  # before model.sites
     assert LyraConfig.from_dict(older) == LyraConfig()
     d = LyraConfig(pgc_expansions=(0.5, 1.0), prior_length=7, prior_sign=-1).to_dict()
     assert d["pgc_expansions"] == [0.5, 1.0] and type(d["pgc_expansions"]) is list
@@ -334,7 +334,7 @@ def test_forward_matches_plain_reference():
 
 FAST_VS_PLAIN = [
     dict(),
-    dict(bidirectional=True, n_s4d=2, kernel_size=5, pgc_expansions=(0.5, 2.0, 1.0), pooling="max"),
+    dict(bidirectional=True, n_s4d=2, kernel_size=5, pgc_expansions=(0.5, 2.0, 1.0), pooling="max", pool_norm="none"),
     dict(token_level=True, bidirectional=True, dropout=0.1),
     dict(prior_length=300, prior_sign=1, pooling="first"),
 ]
@@ -372,8 +372,15 @@ def test_fast_paths_equal_the_plain_paper_path(kwargs, monkeypatch):
         with fast.disabled():
             y_plain, g_plain = run(mode, grad)
         assert rel_err(y_fast, y_plain) < 1e-5, (mode, grad)
+        # PoolNorm in training centres the batch, so some gradients (the decoder's bias) are sums that
+        # cancel to near zero: their float32 rounding is measured against the whole gradient instead
+        whole = torch.cat([g.flatten() for g in g_plain.values()]).double().norm() if g_plain else 0
+        batch_norm = mode == "train" and model.config.pool_norm == "batch"
         for name in g_plain:
-            assert rel_err(g_fast[name], g_plain[name]) < 1e-4, (mode, name)
+            if batch_norm:
+                assert float((g_fast[name] - g_plain[name]).double().norm() / whole) < 1e-5, (mode, name)
+            else:
+                assert rel_err(g_fast[name], g_plain[name]) < 1e-4, (mode, name)
         assert not torch.equal(y_fast, torch.zeros_like(y_fast))
 
 
@@ -618,3 +625,22 @@ def test_site_positions_feed_the_network_those_columns_and_the_prior_the_whole_s
     torch.testing.assert_close(model(u), cropped.network(u[:, list(sites)], None) + prior)
     with pytest.raises(ConfigError, match="site_positions"):
         Lyra(d_input=5, d_output=1, d_model=8, d_state=4, site_positions=(3, 1))
+
+
+def test_pool_norm_standardises_pooled_features_across_the_variants():
+    """pool_norm: batch -> in training, each pooled channel has mean 0 and variance 1 over the batch; a
+    batch of one variant, which has no spread, and prediction use the stored statistics."""
+    torch.manual_seed(0)
+    norm = PoolNorm(4)
+    x = torch.randn(6, 4) * 0.5 + 3.0  # (B, H)
+    z = norm.train()(x)
+    assert torch.allclose(z.mean(0), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(z.var(0, unbiased=False), torch.ones(4), atol=1e-3)
+    norm.running_mean.fill_(3.0)
+    norm.running_var.fill_(4.0)
+    one = norm(x[:1])  # training mode, one variant
+    assert torch.allclose(one, (x[:1] - 3.0) / (4.0 + norm.eps) ** 0.5)
+    assert torch.allclose(norm.eval()(x), (x - 3.0) / (4.0 + norm.eps) ** 0.5)
+    assert isinstance(Lyra(d_input=4, d_model=8, d_state=4).pool_norm, PoolNorm)
+    assert isinstance(Lyra(d_input=4, d_model=8, d_state=4, pool_norm="none").pool_norm, torch.nn.Identity)
+    assert isinstance(Lyra(d_input=4, d_model=8, d_state=4, token_level=True).pool_norm, torch.nn.Identity)

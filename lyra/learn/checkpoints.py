@@ -59,7 +59,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         missing = [k for k in _CHECKPOINT_KEYS if not isinstance(info, dict) or k not in info]
         raise LyraError(f"{path}: not a Lyra checkpoint (missing {', '.join(missing)})")
     try:
-        model = Lyra.from_config(info["model_config"])
+        # before model.pool_norm the decoder read the pooled features as they were
+        model = Lyra.from_config({"pool_norm": "none", **info["model_config"]})
         model.load_state_dict(info["state_dict"])
     except (RuntimeError, TypeError, ConfigError) as e:
         raise LyraError(f"{path}: checkpoint weights do not fit its model config ({str(e).splitlines()[0][:200]})") from None

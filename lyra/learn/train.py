@@ -47,7 +47,7 @@ from lyra.learn.forward import (
     task_info,
 )
 from lyra.learn.transforms import apply_transform, fit_target_transform, invert_transform
-from lyra.model.lyra import Lyra, LyraConfig, configure_optimizer
+from lyra.model.lyra import Lyra, LyraConfig, PoolNorm, configure_optimizer
 from lyra.schema import schema_fields
 
 log = logging.getLogger("lyra.learn.train")
@@ -55,6 +55,7 @@ log = logging.getLogger("lyra.learn.train")
 # Settings that may change between a killed run and its rerun without invalidating the saved state.
 _RESUME_FREE_KEYS = ("device", "eval_batch_size", "seeds")
 FEW_VALIDATION_ROWS = 20  # below this, warn: Spearman on a handful of rows takes few distinct values
+POOL_NORM_VARIANTS = 4096  # training variants whose pooled features set the statistics PoolNorm predicts with
 
 
 @dataclass
@@ -311,6 +312,29 @@ def _train_epoch(model: Lyra, opt, sched, train: _Split, embedding: torch.Tensor
     return total / len(train)
 
 
+def _calibrate_pool_norm(model: Lyra, train: _Split, embedding: torch.Tensor, cfg: TrainConfig) -> None:
+    """Set the statistics `PoolNorm` predicts with from the pooled features of up to POOL_NORM_VARIANTS
+    training variants (a fixed random subset), as the model now computes them without dropout. Running
+    averages over the epoch's batches would lag the weights, and the channels' spread across the
+    variants of one protein is small enough for that lag to shift every prediction."""
+    norm = model.pool_norm
+    if not isinstance(norm, PoolNorm):
+        return
+    n = min(len(train), POOL_NORM_VARIANTS)
+    rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
+    pooled: list[torch.Tensor] = []
+    hook = norm.register_forward_hook(lambda module, inputs, output: pooled.append(inputs[0].float().cpu().clone()))
+    model.eval()
+    try:
+        forward_all(model, embedding, train.tokens[rows], train.mask[rows], cfg.eval_batch_size, cfg.amp)
+    finally:
+        hook.remove()
+    z = torch.cat(pooled)  # (n, H)
+    with torch.no_grad():
+        norm.running_mean.copy_(z.mean(0))
+        norm.running_var.copy_(z.var(0, unbiased=False) if n > 1 else torch.ones_like(norm.running_var))
+
+
 def _metrics(task: str, y_raw: np.ndarray, out: torch.Tensor, transform) -> dict[str, float]:
     """Validation metrics in original units; several regression targets: the mean over targets."""
     if task == "classification":
@@ -420,6 +444,7 @@ def train_model(
                     break
                 t_epoch = time.perf_counter()
                 train_loss = _train_epoch(model, opt, sched, train, embedding, train_cfg, task, class_w, seed, epoch)
+                _calibrate_pool_norm(model, train, embedding, train_cfg)
                 valid_loss, scores = _validate(model, valid, embedding, train_cfg, task, transform, class_w)
                 row = {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
                        **{f"valid_{k}": v for k, v in scores.items() if k != "loss"},

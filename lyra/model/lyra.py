@@ -6,10 +6,11 @@ Architecture for Modeling Biological Sequences" (arXiv 2503.16351). The network,
     x = Linear(d_input -> H)(u)                       # encoder
     x = PGC(0.25)(x); x = PGC(2.0)(x)                 # no residual around the PGCs
     x = x + Dropout(S4D(RMSNorm(x)))                  # pre-norm residual, n_s4d times (lyra.model.s4d)
-    y = Linear(H -> d_output)(pool(x))                # masked mean/max/first pool, or per token
+    y = Linear(H -> d_output)(norm(pool(x)))          # masked mean/max/first pool, or per token
     y = y + beta * (sum_l u_l . S_l - mu) / sigma      # optional evolutionary prior (lyra.design.prior)
 
-with H = d_model. With `site_positions` set (model.sites: varied), the network reads only those columns
+with H = d_model; norm is the identity, or with `pool_norm: batch` a standardisation of each pooled
+channel across the variants (BatchNorm1d without affine). With `site_positions` set (model.sites: varied), the network reads only those columns
 of u, while the prior still reads the whole sequence.
 
 Beyond the paper's model: padding masks, any number of PGC/S4D layers, a
@@ -54,6 +55,7 @@ class LyraConfig:
     bidirectional: bool  # S4D with a forward and a backward kernel, summed
     kernel_size: int  # PGC depthwise conv, odd, "same" padding
     pooling: str  # mean | max | first
+    pool_norm: str  # none | batch: standardise each pooled channel across the variants
     sites: str  # all | varied: how training sets site_positions
     token_level: bool = False  # output (B, L, d_output) instead of pooling
     ssm_lr: float = 1e-3  # learning rate of log_dt and A (configure_optimizer)
@@ -150,6 +152,22 @@ class S4DBlock(nn.Module):
         return x + self.dropout(self.s4d(z, window))  # (B, L, H)
 
 
+class PoolNorm(nn.BatchNorm1d):
+    """Standardises each pooled channel (B, H) across the variants, without affine (the decoder follows).
+
+    Training uses the batch's statistics (a batch of one variant has no spread: the stored ones);
+    prediction uses the stored ones, which training sets from the training variants after every epoch.
+    """
+
+    def __init__(self, d: int):
+        super().__init__(d, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)  # (1, H)
+        return super().forward(x)  # (B, H)
+
+
 class Lyra(nn.Module):
     """Lyra sequence-to-function model: forward(u (B, L, d_input), mask (B, L) bool) -> (B, d_output).
 
@@ -165,6 +183,13 @@ class Lyra(nn.Module):
         self.encoder = fast.Linear(cfg.d_input, cfg.d_model)
         self.pgcs = nn.ModuleList(PGC(cfg.d_model, r, cfg.kernel_size) for r in cfg.pgc_expansions)
         self.s4ds = nn.ModuleList(S4DBlock(cfg) for _ in range(cfg.n_s4d))
+        if cfg.pool_norm == "batch" and not cfg.token_level:
+            # Variants of one protein differ at a few of its L positions, so their pooled features differ
+            # by about k/L of their size: standardised across the variants, the decoder reads those
+            # differences at any length (with mean pooling alone a 500-residue enzyme barely trains).
+            self.pool_norm = PoolNorm(cfg.d_model)
+        else:
+            self.pool_norm = nn.Identity()
         self.decoder = nn.Linear(cfg.d_model, cfg.d_output)
         if cfg.prior_length:
             # Evolutionary prior: a fixed table S (L, d_input) of per-site scores from homologs,
@@ -207,7 +232,7 @@ class Lyra(nn.Module):
             x = block(x, mask, None if self.training else window)  # (B, L, H); dropout masks span all of L
         if self.config.token_level:
             return _zero_padding(self.decoder(x), mask)  # (B, L, d_output)
-        return self.decoder(self.pool(x, mask))  # (B, d_output)
+        return self.decoder(self.pool_norm(self.pool(x, mask)))  # (B, d_output)
 
     def at_sites(self, t: torch.Tensor) -> torch.Tensor:
         """The columns `site_positions` of a (B, L, ...) tensor -> (B, S, ...)."""
