@@ -10,8 +10,8 @@ Architecture for Modeling Biological Sequences" (arXiv 2503.16351). The network,
     y = y + beta * (sum_l u_l . S_l - mu) / sigma      # optional evolutionary prior (lyra.design.prior)
 
 with H = d_model; norm is the identity, or with `pool_norm: batch` a standardisation of each pooled
-channel across the variants (BatchNorm1d without affine). With `site_positions` set (model.sites: varied), the network reads only those columns
-of u, while the prior still reads the whole sequence.
+channel across the variants (BatchNorm1d without affine). With `site_positions` set (model.sites:
+varied), the network reads only those columns of u, while the prior still reads the whole sequence.
 
 Beyond the paper's model: padding masks, any number of PGC/S4D layers, a
 bidirectional S4D, other pooling, a token-level head, and an optimiser helper that gives the SSM
