@@ -53,6 +53,7 @@ from lyra.learn.ridge import ridge_fit_predict  # noqa: E402
 from lyra.learn.metrics import spearman  # noqa: E402
 from lyra.model.lyra import LyraConfig  # noqa: E402
 from lyra.design.prior import PRIOR_SIGNS  # noqa: E402
+from lyra.learn.checkpoints import stored_model_config  # noqa: E402
 from lyra.learn.evaluate import evaluate_ensemble  # noqa: E402
 from lyra.learn.train import TrainConfig, replay_selection, train_model  # noqa: E402
 
@@ -207,9 +208,8 @@ def _same_run(path: Path, model_cfg: dict, cfg: TrainConfig, prior: np.ndarray |
         return False
     same_train = {k: v for k, v in info["train_config"].items() if k not in ignore} == \
         {k: v for k, v in cfg.to_dict().items() if k not in ignore}
-    # a key an older checkpoint lacks had its default then (before pool_norm, none)
-    defaults = {**LyraConfig().to_dict(), "pool_norm": "none"}
-    same_model = all(info["model_config"].get(k, defaults.get(k)) == (list(v) if isinstance(v, tuple) else v)
+    stored, defaults = stored_model_config(info), LyraConfig().to_dict()  # other missing keys: their default
+    same_model = all(stored.get(k, defaults.get(k)) == (list(v) if isinstance(v, tuple) else v)
                      for k, v in model_cfg.items())
     picked = replay_selection(info["history"], cfg.selection_metric, cfg.patience)
     return same_train and same_model and picked == (info["best_epoch"], info["epoch"])

@@ -4,8 +4,8 @@ A deep mutational scan of a long enzyme is the case where Lyra's mean pooling hu
 1-5 mutations of 501 residues have pooled features that differ by a fraction of a percent. This script
 trains one member (seed 0) per recipe on a fixed random subsample of the campaign's training variants,
 selects on a fixed subsample of its validation variants (the test split is never read), and prints the
-validation Spearman after each epoch beside one-hot ridge (alpha by 5-fold CV, `lyra.learn.ridge`) fitted
-on the same rows. It reads the dataset the campaign's preprocess stage wrote:
+validation Spearman after each epoch beside one-hot ridge (alpha by 5-fold CV, the evaluate stage's
+baseline) fitted on the same rows. It reads the dataset the campaign's preprocess stage wrote:
 
     snakemake results/dms_bgl3/data/dataset.parquet --configfile config/dms_bgl3.yaml --cores 1
     python benchmarks/dms_recipe.py --dataset results/dms_bgl3/data/dataset.parquet --threads 1
@@ -56,7 +56,7 @@ def main() -> None:
 
     import torch
 
-    from lyra.learn.ridge import fit_ridge
+    from lyra.learn.evaluate import fit_ridge_baseline
     from lyra.learn.train import TrainConfig, train_model
 
     torch.set_num_threads(args.threads)
@@ -75,8 +75,8 @@ def main() -> None:
           f"{args.epochs} epochs, one member (seed 0), {args.threads} thread(s)\n")
 
     t = time.perf_counter()
-    ridge = fit_ridge(train["sequence"].tolist(), train[target].to_numpy(), ds.meta["alphabet"], seed=0)
-    ridge_valid = spearman(valid[target].to_numpy(), ridge.with_length(length).predict(valid["sequence"]))
+    ridge = fit_ridge_baseline(frame, ds.meta, seed=0)  # the evaluate stage's baseline, on these training rows
+    ridge_valid = spearman(valid[target].to_numpy(), ridge.predict(valid["sequence"]))
     rows_out = [("one-hot ridge (5-fold CV alpha)", [], ridge_valid, time.perf_counter() - t)]
 
     with tempfile.TemporaryDirectory() as tmp:

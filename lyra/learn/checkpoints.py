@@ -45,6 +45,15 @@ def save_checkpoint(path: Path, checkpoint: Mapping[str, Any]) -> None:
         torch.save({**checkpoint, "lyra_version": _version()}, tmp)
 
 
+# model_config keys a checkpoint written before the key existed lacks, with the value the model had then
+_OLDER_MODEL_CONFIG = {"pool_norm": "none"}
+
+
+def stored_model_config(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's `model_config`, with the keys an older checkpoint lacks set to what they were then."""
+    return {**_OLDER_MODEL_CONFIG, **info["model_config"]}
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Lyra, dict]:
     """-> (model in eval mode on `device`, the checkpoint dict). Raises LyraError on a foreign file."""
     path = Path(path)
@@ -59,8 +68,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         missing = [k for k in _CHECKPOINT_KEYS if not isinstance(info, dict) or k not in info]
         raise LyraError(f"{path}: not a Lyra checkpoint (missing {', '.join(missing)})")
     try:
-        # before model.pool_norm the decoder read the pooled features as they were
-        model = Lyra.from_config({"pool_norm": "none", **info["model_config"]})
+        model = Lyra.from_config(stored_model_config(info))
         model.load_state_dict(info["state_dict"])
     except (RuntimeError, TypeError, ConfigError) as e:
         raise LyraError(f"{path}: checkpoint weights do not fit its model config ({str(e).splitlines()[0][:200]})") from None
