@@ -16,8 +16,8 @@ import yaml
 
 from lyra.campaign.checks import stage_inputs
 from lyra.campaign.config import resolve_config
-from lyra.campaign.simulate import (Landscape, initial_plate, simulate_run, strategies, strategy_config,
-                                    summarise)
+from lyra.campaign.simulate import (Landscape, initial_plate, member_split, simulate_run, strategies,
+                                    strategy_config, summarise)
 from lyra.data.dataset import prepare_dataset
 from lyra.errors import ConfigError
 from own_campaigns import SIM_TINY as TINY
@@ -106,6 +106,23 @@ def test_lyra_strategy_picks_unmeasured_variants_with_the_products_stages(sim):
     assert not list(work.rglob("*.pt"))  # the round's models are not kept
 
 
+def test_per_member_validation_holds_out_other_rows_for_each_member(sim):
+    frame = pd.DataFrame({"sequence": [f"s{i}" for i in range(50)],
+                          "split": ["train"] * 40 + ["valid"] * 10})
+    held_out = [set(np.flatnonzero(member_split(frame, seed)["split"] == "valid")) for seed in range(5)]
+    assert all(len(rows) == 10 for rows in held_out)  # as many as the shared split holds out
+    assert len(set(map(frozenset, held_out))) == 5
+    assert set().union(*held_out) - set(range(40, 50))  # rows of the shared train split are held out too
+    assert (frame["split"] == "valid").sum() == 10  # the shared frame is not changed
+    # a strategy with its own validation rows per member runs and measures only unmeasured variants
+    config, dataset, library, tmp = sim
+    config = {**config, "simulate": {**config["simulate"], "strategies": {
+        "lyra_per_member": {"model": "lyra", "validation": "per_member"}}}}
+    simulate_run(config, dataset, library, "lyra_per_member", 0, tmp / "p.parquet", tmp / "p.csv", tmp / "w")
+    picks = pd.read_csv(tmp / "p.csv")
+    assert picks.groupby("round").size().tolist() == [8, 4, 4, 4] and not picks["sequence"].duplicated().any()
+
+
 def test_summary_numbers_by_hand():
     runs = pd.DataFrame({
         "strategy": ["a"] * 4 + ["b"] * 2, "run": [0, 0, 1, 1, 0, 0], "round": [0, 1, 0, 1, 0, 1],
@@ -139,12 +156,40 @@ def test_default_strategies_and_overrides(tmp_path):
     ({"model": "lyra", "train": {"sedes": 2}}, "simulate.strategies.bad.train.sedes"),
     ({"model": "lyra", "lyra": {"d_state": 3}}, "simulate.strategies.bad.lyra.d_state"),
     ({"model": "forest"}, "simulate.strategies.bad.model"),
+    ({"model": "lyra", "validation": "own"}, "simulate.strategies.bad.validation"),
 ])
 def test_a_bad_strategy_is_one_line_naming_its_key(tmp_path, strategy, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as e:
         config = campaign(tmp_path, strategies={"bad": strategy})
         strategy_config(config, "bad")
     assert "\n" not in str(e.value)
+
+
+def test_zero_shot_first_plate_is_drawn_from_the_top_of_the_prior(sim, tmp_path):
+    """Homologs that keep the wild type's T3 and vary sites 7 and 12 freely: the prior's top 16 are the
+    16 variants with T3, and a plate of 8 drawn from them differs between runs, not between strategies."""
+    from lyra.campaign.simulate import check_simulation
+
+    config, dataset, _, _ = sim
+    rng = np.random.default_rng(0)
+    letters = "ACDEFGHIKLMNPQRSTVWY"
+    homologs = []
+    for _ in range(60):
+        s = list(WT)
+        s[6], s[11] = letters[rng.integers(20)], letters[rng.integers(20)]
+        homologs.append("".join(s))
+    (tmp_path / "family.a2m").write_text("".join(f">s{k}\n{s}\n" for k, s in enumerate([WT, *homologs])))
+    config = {**config, "prior": {**config.get("prior", {}), "msa": str(tmp_path / "family.a2m")},
+              "simulate": {**config["simulate"], "initial": {"method": "zero_shot", "size": 8, "zero_shot_pool": 16}}}
+    check_simulation(config)
+    land = Landscape.load(dataset)
+    plates = [initial_plate(config, land, k) for k in (0, 1, 0)]
+    for rows in plates:
+        assert len(rows) == 8 and all(seq[2] == "T" for seq in land.sequence[rows])
+    assert not np.array_equal(plates[0], plates[1]) and np.array_equal(plates[0], plates[2])
+    # without an alignment: one line naming the key, before any job
+    with pytest.raises(ConfigError, match="simulate.initial.method: zero_shot"):
+        check_simulation({**config, "prior": {**config["prior"], "msa": None}})
 
 
 def test_first_plate_from_a_file_is_the_same_in_every_run(sim, tmp_path):

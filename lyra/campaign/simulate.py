@@ -248,9 +248,11 @@ def pick_ridge(land: Landscape, measured: np.ndarray, n: int, seed: int) -> np.n
 
 def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: int, seed: int,
               library: str | Path, workdir: Path, valid_fraction: float,
-              timings: dict[str, float] | None = None) -> np.ndarray:
+              timings: dict[str, float] | None = None, validation: str = "shared") -> np.ndarray:
     """The product's own stages on the measured variants: dataset, ensemble, scores, ranking. The wall
-    time of each (prepare, train, score, rank, in seconds) is logged, and put in `timings` if given."""
+    time of each (prepare, train, score, rank, in seconds) is logged, and put in `timings` if given.
+    validation "per_member": each member holds out its own rows (as many as the shared split's), so
+    the ensemble as a whole learns from every measured variant."""
     import pandas as pd
 
     from lyra.data.dataset import load_dataset, prepare_dataset
@@ -288,7 +290,8 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
     checkpoints = []
     for member in range(train_cfg.seeds):
         ckpt = workdir / f"member{member}.pt"
-        train_model(ds.frame, ds.meta, model_cfg, train_cfg, seed + member, ckpt, prior_table=table, log_every=0)
+        frame = ds.frame if validation == "shared" else member_split(ds.frame, seed + member)
+        train_model(frame, ds.meta, model_cfg, train_cfg, seed + member, ckpt, prior_table=table, log_every=0)
         checkpoints.append(ckpt)
     lap("train")
     scores = workdir / "unmeasured_scores.parquet"
@@ -304,6 +307,19 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
     for path in [*checkpoints, scores, measured_csv, workdir / "measured.parquet"]:
         path.unlink(missing_ok=True)  # the round's picks are kept; the models are cheap to retrain
     return land.indices(ranking["sequence"].tolist())
+
+
+def member_split(frame: "pd.DataFrame", seed: int) -> "pd.DataFrame":
+    """The frame with its validation rows redrawn (as many as it has) from its train and valid rows."""
+    frame = frame.copy()
+    pool = np.flatnonzero(frame["split"].isin(["train", "valid"]).to_numpy())
+    n_valid = int((frame["split"] == "valid").sum())
+    held_out = np.random.default_rng(seed).choice(pool, size=n_valid, replace=False)
+    split = frame["split"].to_numpy(dtype=object)
+    split[pool] = "train"
+    split[held_out] = "valid"
+    frame["split"] = split
+    return frame
 
 
 # --- one run -----------------------------------------------------------------------------------------
@@ -338,8 +354,7 @@ def simulate_run(config: Mapping[str, Any], dataset: str | Path, library: str | 
             if r == 0:
                 picked = initial_plate(config, land, run)
             else:
-                picked = pick(settings["model"], cfg, land, measured, sim, run, r, strategy, library,
-                              workdir / f"round{r}")
+                picked = pick(settings, cfg, land, measured, sim, run, r, strategy, library, workdir / f"round{r}")
             took = time.perf_counter() - started
             if measured[picked].any():
                 raise DataError(f"strategy {strategy} picked a variant measured already (round {r})")
@@ -391,15 +406,17 @@ def keep_finished_rounds(workdir: Path, identity: dict) -> None:
             tmp.write_text(text)
 
 
-def pick(model: str, cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, sim: SimulateConfig, run: int,
-         round_: int, strategy: str, library: str | Path, workdir: Path) -> np.ndarray:
+def pick(settings: Mapping[str, Any], cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray,
+         sim: SimulateConfig, run: int, round_: int, strategy: str, library: str | Path, workdir: Path) -> np.ndarray:
+    model = settings["model"]
     rng = rng_for(sim, run, strategy, round_)
     if model == "random":
         return pick_random(land, measured, sim.batch_size, rng)
     seed = int(rng.integers(2**31 - 1))
     if model == "ridge":
         return pick_ridge(land, measured, sim.batch_size, seed)
-    return pick_lyra(cfg, land, measured, sim.batch_size, seed, library, workdir, sim.valid_fraction)
+    return pick_lyra(cfg, land, measured, sim.batch_size, seed, library, workdir, sim.valid_fraction,
+                     validation=settings.get("validation", "shared"))
 
 
 def run_table(land: Landscape, rounds: Sequence[np.ndarray], strategy: str, run: int,
