@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lyra.campaign.config import load_config  # noqa: E402
-from lyra.campaign.simulate import Landscape, pick_lyra, strategy_config, write_library  # noqa: E402
+from lyra.campaign.simulate import Landscape, pick_lyra, strategies, strategy_config, write_library  # noqa: E402
 from lyra.campaign.settings import data_config  # noqa: E402
 from lyra.data.dataset import prepare_dataset  # noqa: E402
 
@@ -53,6 +53,7 @@ def main() -> None:
         print("| sites | measured | " + " | ".join(f"{s} (s)" for s in STAGES) + " | round (s) |")
         print("|---|---:|" + "---:|" * (len(STAGES) + 1))
         totals = {}
+        per_member = strategies(config)[args.strategy].get("validation") == "per_member"
         for sites in args.sites.split(","):
             cfg = strategy_config(config, args.strategy)
             cfg["model"] = {**cfg["model"], "sites": sites}
@@ -63,7 +64,7 @@ def main() -> None:
                 timings: dict[str, float] = {}
                 started = time.perf_counter()
                 pick_lyra(cfg, land, measured, config["simulate"]["batch_size"], 0, library, tmp / "work",
-                          config["simulate"]["valid_fraction"], timings)
+                          config["simulate"]["valid_fraction"], timings, per_member=per_member)
                 took = time.perf_counter() - started
                 totals[sites] += took
                 print(f"| {sites} | {n} | " + " | ".join(f"{timings[s]:.1f}" for s in STAGES) + f" | {took:.1f} |",

@@ -167,7 +167,7 @@ def test_a_bad_strategy_is_one_line_naming_its_key(tmp_path, strategy, message):
 
 def test_zero_shot_first_plate_is_drawn_from_the_top_of_the_prior(sim, tmp_path):
     """Homologs that keep the wild type's T3 and vary sites 7 and 12 freely: the prior's top 16 are the
-    16 variants with T3, and a plate of 8 drawn from them differs between runs, not between strategies."""
+    16 variants with T3, and a plate of 8 drawn from them differs between runs and repeats for a run."""
     from lyra.campaign.simulate import check_simulation
 
     config, dataset, _, _ = sim

@@ -248,11 +248,11 @@ def pick_ridge(land: Landscape, measured: np.ndarray, n: int, seed: int) -> np.n
 
 def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: int, seed: int,
               library: str | Path, workdir: Path, valid_fraction: float,
-              timings: dict[str, float] | None = None, validation: str = "shared") -> np.ndarray:
+              timings: dict[str, float] | None = None, per_member: bool = False) -> np.ndarray:
     """The product's own stages on the measured variants: dataset, ensemble, scores, ranking. The wall
     time of each (prepare, train, score, rank, in seconds) is logged, and put in `timings` if given.
-    validation "per_member": each member holds out its own rows (as many as the shared split's), so
-    the ensemble as a whole learns from every measured variant."""
+    per_member (a strategy's `validation: per_member`): each member holds out its own rows (as many as
+    the shared split's), so the ensemble as a whole learns from every measured variant."""
     import pandas as pd
 
     from lyra.data.dataset import load_dataset, prepare_dataset
@@ -290,7 +290,7 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
     checkpoints = []
     for member in range(train_cfg.seeds):
         ckpt = workdir / f"member{member}.pt"
-        frame = ds.frame if validation == "shared" else member_split(ds.frame, seed + member)
+        frame = member_split(ds.frame, seed + member) if per_member else ds.frame
         train_model(frame, ds.meta, model_cfg, train_cfg, seed + member, ckpt, prior_table=table, log_every=0)
         checkpoints.append(ckpt)
     lap("train")
@@ -416,7 +416,7 @@ def pick(settings: Mapping[str, Any], cfg: Mapping[str, Any], land: Landscape, m
     if model == "ridge":
         return pick_ridge(land, measured, sim.batch_size, seed)
     return pick_lyra(cfg, land, measured, sim.batch_size, seed, library, workdir, sim.valid_fraction,
-                     validation=settings.get("validation", "shared"))
+                     per_member=settings.get("validation") == "per_member")
 
 
 def run_table(land: Landscape, rounds: Sequence[np.ndarray], strategy: str, run: int,
