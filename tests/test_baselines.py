@@ -22,8 +22,10 @@ from lyra.campaign.run import run_campaign
 from lyra.design.rank import RankConfig, rank_variants
 from lyra.errors import ConfigError, DataError
 from lyra.learn import metrics as M
-from lyra.learn.evaluate import MIN_ROWS_TO_JUDGE, better_on_validation
+from lyra.data.dataset import load_dataset
+from lyra.learn.evaluate import MIN_ROWS_TO_JUDGE, auto_model, better_on_validation, evaluate_ensemble
 from lyra.learn.ridge import DEFAULT_ALPHAS, fit_ridge, load_ridge, save_ridge
+from lyra.report.report import model_comparison, summarise_scores
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 WT = "MKTAYIAKQRQISFVKSHFS"  # 20 residues, numbered from 1
@@ -136,13 +138,26 @@ def test_ridge_metrics_are_sklearns_ridge_at_the_chosen_alpha(campaign):
     assert ridge["valid"]["spearman"] > 0.95  # the landscape is additive: ridge fits it
 
 
+def test_blend_metrics_are_the_ensemble_and_ridge_averaged(campaign):
+    metrics = json.loads(campaign.metrics.read_text())
+    ds = load_dataset(campaign.dataset)
+    ridge = load_ridge(campaign.ridge)
+    for split in ("valid", "test"):
+        rows = ds.frame[ds.frame["split"] == split]
+        lyra = evaluate_ensemble(metrics["checkpoints"], ds.frame, ds.meta, split)["predictions"][:, 0]  # (n,)
+        expected = M.regression_metrics(rows["fitness"].to_numpy(), (lyra + ridge.predict(rows["sequence"])) / 2)
+        for key, value in expected.items():
+            assert metrics["blend"][split][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (split, key)
+    assert "| Lyra and ridge averaged (rank.model: blend) |" in campaign.table("top_n").read_text()
+
+
 def test_classification_has_no_ridge_baseline_and_still_ranks(tmp_path, caplog):
     config = _config(tmp_path, task="classification", model="auto")
     with caplog.at_level(logging.INFO):
         run_campaign(config, results=tmp_path / "results")
     campaign = Layout.of(config, tmp_path / "results")
     metrics = json.loads(campaign.metrics.read_text())
-    assert metrics["baselines"] == {"ridge": None} and not campaign.ridge.exists()
+    assert metrics["baselines"] == {"ridge": None} and metrics["blend"] is None and not campaign.ridge.exists()
     assert "no one-hot ridge baseline: the one-hot ridge baseline is a regression, and this campaign is a " \
            "classification" in caplog.text
     ranking = pd.read_csv(campaign.ranking)
@@ -154,9 +169,10 @@ def test_classification_has_no_ridge_baseline_and_still_ranks(tmp_path, caplog):
 
 
 def test_ranking_a_classification_by_ridge_is_refused_before_any_job(tmp_path):
-    config = _config(tmp_path, task="classification", model="ridge")
-    with pytest.raises(ConfigError, match=r"^rank\.model: ridge, but the one-hot ridge baseline is a regression"):
-        check_campaign(config)
+    for model in ("ridge", "blend"):
+        config = _config(tmp_path, task="classification", model=model)
+        with pytest.raises(ConfigError, match=rf"^rank\.model: {model}, but the one-hot ridge baseline is a regression"):
+            check_campaign(config)
     check_campaign(_config(tmp_path, task="classification", model="auto"))  # auto falls back to Lyra
 
 
@@ -184,6 +200,28 @@ def test_rank_model_ridge_ranks_by_the_ridge_prediction(campaign, tmp_path):
     assert ranking["reason"][0].startswith("one-hot ridge prediction")
     by_lyra = pd.read_csv(_rank(campaign, tmp_path / "lyra", model="lyra"))
     assert (by_lyra["model"] == "lyra").all() and by_lyra["variant_id"].tolist() != ranking["variant_id"].tolist()
+
+
+def test_rank_model_blend_averages_each_member_with_ridge(campaign, tmp_path):
+    ranking = pd.read_csv(_rank(campaign, tmp_path / "blend", model="blend", strategy="ucb", kappa=2.0))
+    scores = pd.read_parquet(campaign.scores)
+    ridge = load_ridge(campaign.ridge).predict(_sequences_of(scores)).astype(np.float32)  # (n,)
+    mean = (scores["mean"].to_numpy(np.float64) + ridge) / 2  # (n,)
+    std = scores["std"].to_numpy(np.float64) / 2  # (n,) the spread of members averaged with one model
+    top = np.argsort(-(mean + 2.0 * std), kind="stable")[:10]
+    assert ranking["variant_id"].tolist() == scores["variant_id"].to_numpy()[top].tolist()
+    np.testing.assert_allclose(ranking["mean"], mean[top], atol=1e-6)  # ranking.csv keeps 6 decimals
+    np.testing.assert_allclose(ranking["std"], std[top], atol=1e-6)
+    assert (ranking["model"] == "blend").all()
+    assert ranking["reason"][0].startswith("Lyra and ridge averaged, UCB ")
+    assert "The picks below are ranked by the average of the Lyra ensemble and one-hot ridge (rank.model)." in \
+        model_comparison(json.loads(campaign.metrics.read_text()), ranking)
+    check_campaign(_config_of(campaign, model="blend"))  # a regression on one target: blend is allowed
+    # the report's library figure shows what ranked: here the blend, every variant (136 < the sample)
+    summary = summarise_scores(campaign.scores, model="blend")
+    assert summary.n == 136 and summary.counts.sum() == 136
+    np.testing.assert_allclose(summary.sample_mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(summary.sample_std, std, rtol=1e-12)
 
 
 def _rank(campaign: Layout, out: Path, **rank) -> Path:
@@ -225,6 +263,20 @@ def test_better_on_validation_rule():
     model, why = better_on_validation(_metrics(0.1, None))
     assert model == "lyra" and "no one-hot ridge baseline" in why
     assert better_on_validation({"baselines": {"ridge": {"valid": {"spearman": 0.9}}}})[0] == "lyra"  # no valid
+
+
+def test_auto_takes_the_blend_only_when_it_validates_above_both():
+    def with_blend(lyra, ridge, blend, n=30):
+        return {**_metrics(lyra, ridge, n), "blend": {"valid": {"spearman": blend}}}
+
+    model, why = auto_model(with_blend(0.53, 0.56, 0.60))
+    assert model == "blend" and why == ("the Lyra ensemble averaged with one-hot ridge predicts the validation "
+                                        "variants better than either (Spearman 0.60 vs 0.53 and 0.56 over 30 variants)")
+    assert auto_model(with_blend(0.53, 0.56, 0.56))[0] == "ridge"  # a tie with the better one keeps it
+    assert auto_model(with_blend(0.60, 0.40, 0.55))[0] == "lyra"
+    assert auto_model(with_blend(None, 0.40, 0.45))[0] == "blend"  # NaN Lyra counts as no ranking
+    assert auto_model(with_blend(0.1, 0.2, 0.9, n=MIN_ROWS_TO_JUDGE - 1))[0] == "lyra"  # too few to judge
+    assert auto_model(_metrics(0.4, 0.6)) == better_on_validation(_metrics(0.4, 0.6))  # older metrics: no blend
 
 
 def test_only_a_regression_on_one_target_has_a_ridge_baseline():

@@ -16,8 +16,8 @@ import yaml
 
 from lyra.campaign.checks import stage_inputs
 from lyra.campaign.config import resolve_config
-from lyra.campaign.simulate import (Landscape, initial_plate, member_split, simulate_run, strategies,
-                                    strategy_config, summarise)
+from lyra.campaign.simulate import (Landscape, check_simulation, initial_plate, member_split, simulate_run,
+                                    strategies, strategy_config, summarise)
 from lyra.data.dataset import prepare_dataset
 from lyra.errors import ConfigError
 from own_campaigns import SIM_TINY as TINY
@@ -150,6 +150,25 @@ def test_default_strategies_and_overrides(tmp_path):
     # a strategy's own alignment is a declared input of the simulation jobs, resolved like the campaign's
     config = campaign(tmp_path, strategies={"family": {"model": "lyra", "prior": {"msa": "family.a2m"}}})
     assert stage_inputs(config)["simulate"] == [str((tmp_path / "family.a2m").resolve())]
+
+
+def test_blend_strategy_averages_lyra_with_ridge_fitted_on_every_measured_variant(sim, caplog):
+    config, dataset, library, tmp = sim
+    config = {**config, "simulate": {**config["simulate"], "strategies": {
+        "lyra_blend": {"model": "lyra", "rank": {"model": "blend"}}}}}
+    check_simulation(config)
+    with caplog.at_level("INFO", logger="lyra"):
+        simulate_run(config, dataset, library, "lyra_blend", 0, tmp / "b.parquet", tmp / "b.csv", tmp / "w")
+    picks = pd.read_csv(tmp / "b.csv")
+    assert picks.groupby("round").size().tolist() == [8, 4, 4, 4] and not picks["sequence"].duplicated().any()
+    assert caplog.text.count("ranking by the average of the Lyra ensemble and one-hot ridge") == 3
+    assert not list((tmp / "w").rglob("ridge.npz"))  # the round's models are not kept
+    for model in ("auto", "ridge"):  # neither ranks a Lyra strategy's picks: one line, before any job
+        bad = {**config, "simulate": {**config["simulate"], "strategies": {
+            "bad": {"model": "lyra", "rank": {"model": model}}}}}
+        with pytest.raises(ConfigError, match=rf"^simulate\.strategies\.bad: rank\.model '{model}' cannot rank") as e:
+            check_simulation(bad)
+        assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("strategy, message", [

@@ -96,9 +96,10 @@ def check_campaign(config: Mapping[str, Any]) -> None:
             )
         _check_library_not_measured(config, lib, wt, n)
     _check_order(config, wt)
-    if config["rank"].get("model") == "ridge" and not ridge_baseline(config):
+    model = config["rank"].get("model")
+    if model in ("ridge", "blend") and not ridge_baseline(config):
         data = config["data"]
-        raise ConfigError(f"rank.model: ridge, but {ridge_unavailable(data.get('task', 'regression'), data['target_column'])}")
+        raise ConfigError(f"rank.model: {model}, but {ridge_unavailable(data.get('task', 'regression'), data['target_column'])}")
 
 
 def _check_order(config: Mapping[str, Any], wild_type: str | None) -> None:

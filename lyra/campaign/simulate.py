@@ -10,7 +10,8 @@ Strategies (`simulate.strategies`):
 - ridge: one-hot ridge regression (alpha by cross-validation on the measured variants), greedy top;
 - lyra: the product itself: the measured variants become a dataset (`prepare_dataset`), an ensemble
   trains with validation selection (`train_model`), the unmeasured landscape is scored as a library file
-  (`score_shard`) and ranked like the rank stage (`rank_variants`, any `rank.strategy`).
+  (`score_shard`) and ranked like the rank stage (`rank_variants`, any `rank.strategy`; `rank.model:
+  blend` averages each member with one-hot ridge fitted on every measured variant).
 
 Every strategy of run k starts from the same first plate and draws its random choices from
 (simulate.seed, k), so strategies are compared on the same starts. A job is one (strategy, run); it
@@ -46,6 +47,8 @@ DEFAULT_STRATEGIES = {"random": {"model": "random"}, "ridge": {"model": "ridge"}
 OVERRIDES = {"lyra": "model", "train": "train", "prior": "prior", "rank": "rank"}
 RUN_COLUMNS = ["strategy", "run", "round", "screened", "best", "norm_best", "global_max_found", "batch_mean",
                "batch_best", "seconds"]
+# rank.model of a lyra strategy: auto would need a validation split shared by both models
+SIMULATED_RANK_MODELS = ("lyra", "blend")
 SUMMARY_COLUMNS = ["strategy", "screened", "runs", "mean_max", "mean_norm_max", "sem", "frac_global_max"]
 
 
@@ -115,8 +118,11 @@ def check_simulation(config: Mapping[str, Any]) -> None:
     sim = simulate_config(config)
     if config["data"].get("task", "regression") != "regression":
         raise ConfigError("simulate: a retrospective campaign needs a regression task (data.task)")
-    for name in strategies(config):
-        strategy_config(config, name)
+    for name, settings in strategies(config).items():
+        rank_model = strategy_config(config, name)["rank"].get("model", "lyra")
+        if settings["model"] == "lyra" and rank_model not in SIMULATED_RANK_MODELS:
+            raise ConfigError(f"simulate.strategies.{name}: rank.model {rank_model!r} cannot rank a lyra strategy's "
+                              f"picks (one of {', '.join(SIMULATED_RANK_MODELS)}; the ridge strategy is one-hot ridge)")
     method = sim.initial["method"]
     if method == "file" and not sim.initial.get("path"):
         raise ConfigError("simulate.initial.path: required with simulate.initial.method: file")
@@ -260,6 +266,7 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
     from lyra.design.rank import RankConfig, rank_variants
     from lyra.design.scoring import score_shard
     from lyra.learn.forward import resolve_device
+    from lyra.learn.ridge import fit_ridge, save_ridge
     from lyra.learn.train import TrainConfig, train_model
 
     timings = {} if timings is None else timings
@@ -293,18 +300,22 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
         frame = member_split(ds.frame, seed + member) if per_member else ds.frame
         train_model(frame, ds.meta, model_cfg, train_cfg, seed + member, ckpt, prior_table=table, log_every=0)
         checkpoints.append(ckpt)
+    rank_cfg = RankConfig.from_dict({**cfg["rank"], "top_n": n, "allow_fewer": True, "seed": seed})
+    ridge = None
+    if rank_cfg.model == "blend":  # ridge on every measured variant, as the ridge strategy fits it
+        ridge = save_ridge(fit_ridge(land.sequence[rows], land.fitness[rows], alphabet=meta["alphabet"], seed=seed),
+                           workdir / "ridge.npz")
     lap("train")
     scores = workdir / "unmeasured_scores.parquet"
     library_cfg = LibraryConfig.from_dict({"kind": "file", "path": str(library), "n_shards": 1})
     score_shard(checkpoints, library_cfg, meta.get("wild_type"), meta.get("first_position", 1), meta["alphabet"],
                 0, 1, scores, device=str(resolve_device(train_cfg.device)), exclude=set(land.sequence[rows]),
-                progress=False)
+                progress=False, ridge=ridge)
     lap("score")
-    ranking = rank_variants(scores, RankConfig.from_dict({**cfg["rank"], "model": "lyra", "top_n": n,
-                                                          "allow_fewer": True, "seed": seed}))
+    ranking = rank_variants(scores, rank_cfg)
     lap("rank")
     log.info("%d measured variants: %s", len(rows), ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    for path in [*checkpoints, scores, measured_csv, workdir / "measured.parquet"]:
+    for path in [*checkpoints, scores, measured_csv, workdir / "measured.parquet", workdir / "ridge.npz"]:
         path.unlink(missing_ok=True)  # the round's picks are kept; the models are cheap to retrain
     return land.indices(ranking["sequence"].tolist())
 

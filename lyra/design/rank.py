@@ -18,7 +18,12 @@ reason: its acquisition, its rank before diversity, and what was skipped to reac
 
 Which model's mu and sigma (`rank.model`, `ranking_model`): the ensemble's (`mean`, `std`), or the one-hot
 ridge baseline's prediction (the scores' `ridge` column) with sigma = 0, where every strategy reduces
-to ranking by mu and so is run as `mean`. ranking.csv names the model in its `model` column.
+to ranking by mu and so is run as `mean`, or the blend of the two: each member's prediction averaged
+with ridge's,
+
+    blend: mu = (mean + ridge) / 2,    sigma = std / 2
+
+ranking.csv names the model in its `model` column.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ class RankConfig:
     strategy, kappa, top_n, pool_factor, allow_fewer and diversity; the plate map
     (`lyra.design.plate.PlateConfig`) and the picks' genes (`lyra.design.dna.DnaConfig`) read the others.
     `seed` is the campaign's `seed` (not a key of the section): it seeds the thompson strategy's draws.
-    `model` (lyra, ridge or auto) is resolved by `ranking_model`."""
+    `model` (lyra, ridge, blend or auto) is resolved by `ranking_model`."""
 
     model: str
     strategy: str
@@ -92,16 +97,35 @@ class RankConfig:
 
 
 def ranking_model(cfg: RankConfig, metrics: Mapping[str, Any] | None = None) -> tuple[str, str]:
-    """("lyra" or "ridge", why): the model that ranks under rank.model; auto compares the two on the
-    validation split of `metrics` (models/metrics.json, `lyra.learn.evaluate.better_on_validation`)."""
+    """("lyra", "ridge" or "blend", why): the model that ranks under rank.model; auto compares the three on
+    the validation split of `metrics` (models/metrics.json, `lyra.learn.evaluate.auto_model`)."""
     if cfg.model != "auto":
         return cfg.model, f"rank.model: {cfg.model}"
-    from lyra.learn.evaluate import better_on_validation  # imports torch: only when it is needed
+    from lyra.learn.evaluate import auto_model  # imports torch: only when it is needed
 
     if metrics is None:
         raise ConfigError("rank.model: auto compares the models on models/metrics.json, and none was given")
-    model, why = better_on_validation(metrics)
+    model, why = auto_model(metrics)
     return model, f"rank.model: auto chose {model}: {why}"
+
+
+# the scores' columns each rank.model reads, and what the logs and the report call it
+MODEL_COLUMNS = {"lyra": ("mean", "std"), "ridge": (RIDGE_COLUMN,), "blend": ("mean", "std", RIDGE_COLUMN)}
+MODEL_NAMES = {"lyra": "the Lyra ensemble", "ridge": "one-hot ridge",
+               "blend": "the average of the Lyra ensemble and one-hot ridge"}
+
+
+def model_predictions(scores: pa.Table | pa.RecordBatch, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma), (n,) float64 each, of scores holding MODEL_COLUMNS[model], under rank.model `model`."""
+    def column(name: str) -> np.ndarray:
+        return scores.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    if model == "ridge":
+        mu = column(RIDGE_COLUMN)
+        return mu, np.zeros_like(mu)
+    if model == "blend":  # each member averaged with ridge: the mean moves halfway, the spread halves
+        return (column("mean") + column(RIDGE_COLUMN)) / 2, column("std") / 2
+    return column("mean"), column("std")
 
 
 def acquisition(mean: np.ndarray, std: np.ndarray, cfg: RankConfig) -> np.ndarray:
@@ -540,6 +564,8 @@ def _reason(mu: float, sd: float, a: float, acq_rank: int, skipped: Counter, cfg
         text = f"UCB {_fmt(a)} = mean {_fmt(mu)} + {cfg.kappa:g}*std {_fmt(sd)}; rank {acq_rank} by acquisition"
     else:
         text = f"mean {_fmt(mu)} (ensemble std {_fmt(sd)}); rank {acq_rank} by acquisition"
+    if model == "blend":
+        text = f"Lyra and ridge averaged, {text}"
     n = sum(skipped.values())
     if len(skipped) == 1:
         text += f"; skipped {n} higher-scoring variant{'s' if n > 1 else ''} {next(iter(skipped))}"
@@ -586,20 +612,14 @@ def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, A
     for col in ("index", "mean", "std", "variant_id", "mutations"):
         if col not in names:
             raise DataError(f"scores have no {col!r} column", str(scores_path))
-    if model == "ridge":
-        if RIDGE_COLUMN not in names:
-            raise ConfigError(f"{why}, but {scores_path} has no one-hot ridge scores: the baseline is fitted for "
-                              "regression on one target only")
-        stats = pf.read(columns=["index", RIDGE_COLUMN])
-        mean = stats.column(RIDGE_COLUMN).to_numpy()
-        std = np.zeros_like(mean)  # no uncertainty: every strategy ranks by the prediction
+    if RIDGE_COLUMN in MODEL_COLUMNS[model] and RIDGE_COLUMN not in names:
+        raise ConfigError(f"{why}, but {scores_path} has no one-hot ridge scores: the baseline is fitted for "
+                          "regression on one target only")
+    stats = pf.read(columns=["index", *MODEL_COLUMNS[model]])
+    mean, std = model_predictions(stats, model)
+    if model == "ridge":  # no uncertainty: every strategy ranks by the prediction
         cfg = dataclasses.replace(cfg, strategy="mean")
-        log.info("ranking by the one-hot ridge baseline's prediction (%s)", why)
-    else:
-        stats = pf.read(columns=["index", "mean", "std"])
-        mean = stats.column("mean").to_numpy()
-        std = stats.column("std").to_numpy()
-        log.info("ranking by the Lyra ensemble (%s)", why)
+    log.info("ranking by %s (%s)", MODEL_NAMES[model], why)
     index = stats.column("index").to_numpy()
     del stats
     if mean.size == 0:

@@ -59,7 +59,7 @@ def evaluate_ensemble(checkpoint_paths: Sequence[str | os.PathLike], frame: pd.D
     ensemble = np.mean(preds, axis=0)
     return {"split": split, "n": int(len(rows)), "n_models": len(preds),
             "ensemble": _summary(task, targets, y, ensemble), "baseline": _baseline(task, targets, y, ensemble),
-            "per_seed": per_seed, "learning_curves": curves}
+            "per_seed": per_seed, "learning_curves": curves, "predictions": ensemble}
 
 
 def _summary(task: str, targets: list[str], y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -89,12 +89,14 @@ def write_metrics(path: str | os.PathLike, checkpoints: Sequence[str | os.PathLi
     With `ridge` (a path; regression on one target only), also the one-hot ridge baseline: fitted on the
     training rows (alpha by 5-fold cross-validation seeded by `seed`), written to `ridge`
     (`lyra.learn.ridge.save_ridge`) and scored on both splits as `baselines.ridge` {valid, test, alpha,
-    selection, n_train}; null when `ridge` is None. Which model predicts the validation split better is
+    selection, n_train}, and the ensemble averaged with it (rank.model: blend) as `blend` {valid, test};
+    both null when `ridge` is None. Which model predicts the validation split better is
     logged in one line (a warning when it is ridge)."""
     test = evaluate_ensemble(checkpoints, frame, meta, "test", device)
     valid = evaluate_ensemble(checkpoints, frame, meta, "valid", device)
     curves = {str(k): v for k, v in test.pop("learning_curves").items()}
     valid.pop("learning_curves")
+    ensemble = {"test": test.pop("predictions"), "valid": valid.pop("predictions")}  # (n, T) each
     out = {"test": test, "valid": valid, "learning_curves": curves, "task": meta["task"],
            "targets": list(meta["targets"]), "checkpoints": [str(p) for p in checkpoints]}
     out["warnings"] = learning_warnings(out)
@@ -102,10 +104,11 @@ def write_metrics(path: str | os.PathLike, checkpoints: Sequence[str | os.PathLi
     for warning in out["warnings"]:
         log.warning("%s", warning)
     out["baselines"] = {"ridge": None}
+    out["blend"] = None
     if ridge is not None:
         model = fit_ridge_baseline(frame, meta, seed)
         save_ridge(model, ridge)
-        out["baselines"]["ridge"] = _ridge_metrics(model, frame, meta)
+        out["baselines"]["ridge"], out["blend"] = _ridge_metrics(model, frame, meta, ensemble)
         better, line = better_on_validation(_finite(out))
         (log.warning if better == "ridge" else log.info)("%s", line)
     write_json(path, _finite(out))
@@ -131,17 +134,22 @@ def fit_ridge_baseline(frame: pd.DataFrame, meta: Mapping[str, Any], seed: int =
     return model.with_length(int(frame["sequence"].str.len().max()))
 
 
-def _ridge_metrics(model: RidgeModel, frame: pd.DataFrame, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """baselines.ridge: ridge's metrics on each split (as the ensemble's, `_summary`), its alpha and
-    how alpha was chosen, and the number of training rows."""
+def _ridge_metrics(model: RidgeModel, frame: pd.DataFrame, meta: Mapping[str, Any],
+                   ensemble: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(baselines.ridge, blend): ridge's metrics on each split (as the ensemble's, `_summary`), its alpha,
+    how alpha was chosen and the number of training rows; and the metrics of the ensemble's predictions
+    (`ensemble`: split -> (n, 1)) averaged with ridge's, what rank.model: blend ranks by."""
     task, targets, _ = task_info(meta)
     out: dict[str, Any] = {}
+    blend: dict[str, Any] = {}
     for split in ("valid", "test"):
         rows = frame[frame["split"] == split]
+        y = target_values(rows, meta)  # (n, 1)
         pred = model.predict(rows["sequence"].tolist())[:, None]  # (n, 1)
-        out[split] = _summary(task, targets, target_values(rows, meta), pred)
+        out[split] = _summary(task, targets, y, pred)
+        blend[split] = _summary(task, targets, y, (ensemble[split] + pred) / 2)
     out.update(alpha=model.alpha, selection=model.selection, n_train=int((frame["split"] == "train").sum()))
-    return out
+    return out, blend
 
 
 def better_on_validation(metrics: Mapping[str, Any]) -> tuple[str, str]:
@@ -165,6 +173,25 @@ def better_on_validation(metrics: Mapping[str, Any]) -> tuple[str, str]:
                          f"(Spearman {ridge_rho:.2f} vs {lyra_rho:.2f} over {n} variants)")
     return "lyra", (f"the Lyra ensemble predicts the validation variants at least as well as one-hot ridge "
                     f"(Spearman {lyra_rho:.2f} vs {ridge_rho:.2f} over {n} variants)")
+
+
+def auto_model(metrics: Mapping[str, Any]) -> tuple[str, str]:
+    """rank.model: auto's choice, ("lyra", "ridge" or "blend", why): `better_on_validation`'s, unless the
+    Lyra ensemble averaged with ridge (metrics.json's `blend`) has a higher validation Spearman than both."""
+    model, why = better_on_validation(metrics)
+    valid = metrics.get("valid") or {}
+    ridge = (metrics.get("baselines") or {}).get("ridge")
+    blend = ((metrics.get("blend") or {}).get("valid") or {}).get("spearman")
+    n = int(valid.get("n") or 0)
+    if not ridge or blend is None or n < MIN_ROWS_TO_JUDGE:  # better_on_validation says why not
+        return model, why
+    lyra_rho = _num((valid.get("ensemble") or {}).get("spearman"))
+    ridge_rho = _num((ridge.get("valid") or {}).get("spearman"))
+    if float(blend) > max(0.0 if math.isnan(r) else r for r in (lyra_rho, ridge_rho)):
+        return "blend", (f"the Lyra ensemble averaged with one-hot ridge predicts the validation variants better "
+                         f"than either (Spearman {float(blend):.2f} vs {lyra_rho:.2f} and {ridge_rho:.2f} over "
+                         f"{n} variants)")
+    return model, why
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, Any]:

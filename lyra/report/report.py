@@ -23,7 +23,7 @@ import pandas as pd
 
 from lyra.campaign.layout import (DATASET, FIGURES, MODELS, PLATE, RANKING, REPORT, SCORES, TABLES, TUNE_BEST,
                                   Layout)
-from lyra.design.scoring import RIDGE_COLUMN
+from lyra.design.rank import MODEL_COLUMNS, MODEL_NAMES, model_predictions
 from lyra.errors import DataError
 from lyra.io import atomic_path, write_text
 from lyra.report.epistasis import epistasis_of_picks
@@ -102,20 +102,21 @@ def read_json(path: Path) -> dict | None:
 
 
 def summarise_scores(path: str | Path, bins: int | None = None, sample: int = 20_000,
-                     column: str = "mean") -> ScoreSummary:
-    """The library's predictions, streamed from scores.parquet (never all in memory): the ensemble's mean
-    and std, or another model's column (`column`, e.g. the ridge baseline's: no std, zeros)."""
+                     model: str = "lyra") -> ScoreSummary:
+    """The library's predictions under rank.model `model`, streamed from scores.parquet (never all in
+    memory): the ensemble's mean and std, ridge's prediction (std zeros) or their blend (`model_predictions`)."""
     import pyarrow.parquet as pq
 
     f = pq.ParquetFile(path)
-    cols = [c for c in (column, "std" if column == "mean" else None) if c in f.schema_arrow.names]
-    if column not in cols:
-        raise DataError(f"has no {column!r} column", path=str(path))
+    cols = list(MODEL_COLUMNS[model])
+    missing = [c for c in cols if c not in f.schema_arrow.names]
+    if missing:
+        raise DataError(f"has no {missing[0]!r} column", path=str(path))
     n = f.metadata.num_rows
     bins = bins or int(np.clip(np.sqrt(n), 10, 80))
     lo, hi = math.inf, -math.inf
-    for batch in f.iter_batches(columns=[column], batch_size=1 << 20):
-        m = batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
+    for batch in f.iter_batches(columns=cols, batch_size=1 << 20):
+        m = model_predictions(batch, model)[0]
         m = m[np.isfinite(m)]
         if m.size:
             lo, hi = min(lo, float(m.min())), max(hi, float(m.max()))
@@ -126,12 +127,11 @@ def summarise_scores(path: str | Path, bins: int | None = None, sample: int = 20
     stride = max(1, n // sample)
     means, stds, offset = [], [], 0
     for batch in f.iter_batches(columns=cols, batch_size=1 << 20):
-        m = batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
+        m, sd = model_predictions(batch, model)
         counts += np.histogram(m[np.isfinite(m)], bins=edges)[0]
         take = np.arange((-offset) % stride, len(m), stride)
         means.append(m[take])
-        stds.append(batch.column(1).to_numpy(zero_copy_only=False).astype(np.float64)[take] if len(cols) > 1
-                    else np.zeros(len(take)))
+        stds.append(sd[take])
         offset += len(m)
     return ScoreSummary(n, edges, counts, np.concatenate(means) if means else np.zeros(0),
                         np.concatenate(stds) if stds else np.zeros(0))
@@ -158,8 +158,8 @@ def learning_curves_from(metrics: Mapping | None, ensemble: Ensemble | None) -> 
 
 
 def model_comparison(metrics: Mapping | None, ranking: pd.DataFrame | None = None) -> list[str]:
-    """Markdown lines comparing the Lyra ensemble with the one-hot ridge baseline on the validation and
-    test splits (metrics.json), the line saying which predicts the validation variants better, and which
+    """Markdown lines comparing the Lyra ensemble with the one-hot ridge baseline and their average on the
+    validation and test splits (metrics.json), the line saying which predicts the validation variants better, and which
     model ranked the picks; none without a ridge baseline."""
     from lyra.learn.evaluate import better_on_validation
 
@@ -173,14 +173,15 @@ def model_comparison(metrics: Mapping | None, ranking: pd.DataFrame | None = Non
     n_models = (metrics.get("valid") or {}).get("n_models")
     lyra = f"Lyra ensemble ({n_models} model{'s' if n_models != 1 else ''})" if n_models else "Lyra ensemble"
     rows = [(lyra, ensemble), (f"one-hot ridge (alpha {ridge.get('alpha', math.nan):g})", ridge)]
+    if metrics.get("blend"):  # older metrics.json files have none
+        rows.append(("Lyra and ridge averaged (rank.model: blend)", metrics["blend"]))
     for name, scores in rows:
         cells = [_metric((scores.get(split) or {}).get(key)) for split in ("valid", "test") for key, _ in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     verdict = better_on_validation(metrics)[1]
     lines += ["", f"{verdict[:1].upper()}{verdict[1:]}."]
     if ranking is not None:
-        by = {"lyra": "the Lyra ensemble", "ridge": "one-hot ridge"}[ranking_model_of(ranking)]
-        lines.append(f"The picks below are ranked by {by} (rank.model).")
+        lines.append(f"The picks below are ranked by {MODEL_NAMES[ranking_model_of(ranking)]} (rank.model).")
     return [*lines, ""]
 
 
@@ -189,7 +190,7 @@ def _metric(x) -> str:
 
 
 def ranking_model_of(ranking: pd.DataFrame | None) -> str:
-    """The model that ranked ranking.csv (its `model` column): lyra or ridge; lyra for older rankings."""
+    """The model that ranked ranking.csv (its `model` column): lyra, ridge or blend; lyra for older rankings."""
     if ranking is None or "model" not in ranking or ranking.empty:
         return "lyra"
     return str(ranking["model"].iloc[0])
@@ -258,9 +259,9 @@ def make_report(campaign_dir: str | Path, config: Mapping[str, Any] | None = Non
     wild_type = meta.get("wild_type")
     first = 1 if meta.get("first_position") is None else int(meta["first_position"])  # 0 is a numbering too
     regression = meta.get("task", "regression") == "regression"
-    by_ridge = ranking_model_of(ranking) == "ridge"  # the picks' mean is ridge's prediction: show ridge's library
+    ranked_by = ranking_model_of(ranking)  # the picks' mean is that model's prediction: show its library
     f_wt = None
-    if ensemble is not None and wild_type and regression and not by_ridge:  # the ensemble's, not ridge's, wild type
+    if ensemble is not None and wild_type and regression and ranked_by == "lyra":  # the ensemble's wild type
         f_wt = float(ensemble.predict([wild_type])[0][0, 0])
     if campaign.scores.exists() and ranking is not None:
         refs = {}
@@ -268,9 +269,9 @@ def make_report(campaign_dir: str | Path, config: Mapping[str, Any] | None = Non
             refs["wild type, predicted"] = f_wt
         if frame is not None and target in frame and regression:
             refs["best measured"] = float(pd.to_numeric(frame[target], errors="coerce").max())
-        summary = summarise_scores(campaign.scores, column=RIDGE_COLUMN if by_ridge else "mean")
+        summary = summarise_scores(campaign.scores, model=ranked_by)
         written.append(plot_library_scores(summary, ranking, paths["library_scores"], refs, target,
-                                           predictor="one-hot ridge" if by_ridge else "ensemble mean"))
+                                           predictor=MODEL_NAMES[ranked_by]))
     else:
         written.append(plot_unavailable(paths["library_scores"], "Library score distribution",
                                         f"{SCORES} or {RANKING} is missing"))
