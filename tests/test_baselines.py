@@ -151,6 +151,20 @@ def test_blend_metrics_are_the_ensemble_and_ridge_averaged(campaign):
     assert "| Lyra and ridge averaged (rank.model: blend) |" in campaign.table("top_n").read_text()
 
 
+def test_blend_weights_benchmark_spans_ridge_to_lyra(campaign, capsys):
+    from benchmarks import blend_weights
+
+    table = blend_weights.main(["--results", str(campaign.root)]).set_index("w_lyra")
+    metrics = json.loads(campaign.metrics.read_text())
+    for split in ("valid", "test"):  # the ends and the middle are ridge, Lyra and the blend of metrics.json
+        assert table.loc[0.0, f"{split}_spearman"] == pytest.approx(metrics["baselines"]["ridge"][split]["spearman"])
+        assert table.loc[1.0, f"{split}_spearman"] == pytest.approx(metrics[split]["ensemble"]["spearman"])
+        assert table.loc[0.5, f"{split}_spearman"] == pytest.approx(metrics["blend"][split]["spearman"], abs=1e-6)
+    best = table["valid_spearman"].idxmax()
+    assert f"chosen on validation: Lyra weight {best:.1f}, test Spearman {table.loc[best, 'test_spearman']:.4f}" \
+        in capsys.readouterr().out
+
+
 def test_classification_has_no_ridge_baseline_and_still_ranks(tmp_path, caplog):
     config = _config(tmp_path, task="classification", model="auto")
     with caplog.at_level(logging.INFO):
