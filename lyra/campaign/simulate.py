@@ -301,10 +301,10 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
         train_model(frame, ds.meta, model_cfg, train_cfg, seed + member, ckpt, prior_table=table, log_every=0)
         checkpoints.append(ckpt)
     rank_cfg = RankConfig.from_dict({**cfg["rank"], "top_n": n, "allow_fewer": True, "seed": seed})
-    ridge = None
+    ridge, ridge_file = None, workdir / "measured_ridge.npz"
     if rank_cfg.model == "blend":  # ridge on every measured variant, as the ridge strategy fits it
         ridge = save_ridge(fit_ridge(land.sequence[rows], land.fitness[rows], alphabet=meta["alphabet"], seed=seed),
-                           workdir / "ridge.npz")
+                           ridge_file)
     lap("train")
     scores = workdir / "unmeasured_scores.parquet"
     library_cfg = LibraryConfig.from_dict({"kind": "file", "path": str(library), "n_shards": 1})
@@ -315,7 +315,7 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
     ranking = rank_variants(scores, rank_cfg)
     lap("rank")
     log.info("%d measured variants: %s", len(rows), ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    for path in [*checkpoints, scores, measured_csv, workdir / "measured.parquet", workdir / "ridge.npz"]:
+    for path in [*checkpoints, scores, measured_csv, workdir / "measured.parquet", ridge_file]:
         path.unlink(missing_ok=True)  # the round's picks are kept; the models are cheap to retrain
     return land.indices(ranking["sequence"].tolist())
 
