@@ -19,9 +19,9 @@ reason: its acquisition, its rank before diversity, and what was skipped to reac
 Which model's mu and sigma (`rank.model`, `ranking_model`): the ensemble's (`mean`, `std`), or the one-hot
 ridge baseline's prediction (the scores' `ridge` column) with sigma = 0, where every strategy reduces
 to ranking by mu and so is run as `mean`, or the blend of the two: each member's prediction averaged
-with ridge's,
+with ridge's (w = `lyra.learn.ridge.BLEND_LYRA_WEIGHT`, 1/2),
 
-    blend: mu = (mean + ridge) / 2,    sigma = std / 2
+    blend: mu = w * mean + (1 - w) * ridge,    sigma = w * std
 
 ranking.csv names the model in its `model` column.
 """
@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from lyra.data.alphabet import get_alphabet
 from lyra.design.library import EnumeratedLayout, LibraryConfig
 from lyra.design.scoring import RIDGE_COLUMN, open_scores
+from lyra.learn.ridge import BLEND_LYRA_WEIGHT
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path, write_text
 from lyra.schema import error_message, first_error, schema_fields, section_schema, unknown_key_message
@@ -123,8 +124,9 @@ def model_predictions(scores: pa.Table | pa.RecordBatch, model: str) -> tuple[np
     if model == "ridge":
         mu = column(RIDGE_COLUMN)
         return mu, np.zeros_like(mu)
-    if model == "blend":  # each member averaged with ridge: the mean moves halfway, the spread halves
-        return (column("mean") + column(RIDGE_COLUMN)) / 2, column("std") / 2
+    if model == "blend":  # each member averaged with ridge: the mean moves toward ridge, the spread shrinks
+        w = BLEND_LYRA_WEIGHT
+        return w * column("mean") + (1 - w) * column(RIDGE_COLUMN), w * column("std")
     return column("mean"), column("std")
 
 

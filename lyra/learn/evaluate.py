@@ -25,7 +25,7 @@ from lyra.io import write_json
 from lyra.learn import metrics as M
 from lyra.learn.checkpoints import load_checkpoint, predict_tokens
 from lyra.learn.forward import encode_frame, target_values, task_info
-from lyra.learn.ridge import RidgeModel, fit_ridge, save_ridge
+from lyra.learn.ridge import BLEND_LYRA_WEIGHT, RidgeModel, fit_ridge, save_ridge
 
 log = logging.getLogger("lyra.learn.evaluate")
 
@@ -147,7 +147,7 @@ def _ridge_metrics(model: RidgeModel, frame: pd.DataFrame, meta: Mapping[str, An
         y = target_values(rows, meta)  # (n, 1)
         pred = model.predict(rows["sequence"].tolist())[:, None]  # (n, 1)
         out[split] = _summary(task, targets, y, pred)
-        blend[split] = _summary(task, targets, y, (ensemble[split] + pred) / 2)
+        blend[split] = _summary(task, targets, y, BLEND_LYRA_WEIGHT * ensemble[split] + (1 - BLEND_LYRA_WEIGHT) * pred)
     out.update(alpha=model.alpha, selection=model.selection, n_train=int((frame["split"] == "train").sum()))
     return out, blend
 

@@ -49,6 +49,9 @@ from lyra.io import atomic_path
 
 DEFAULT_ALPHAS = tuple(float(a) for a in 10.0 ** np.linspace(-3, 3, 13))  # 1e-3 ... 1e3, half-decade steps
 PREDICT_CHUNK = 16384  # sequences per chunk in RidgeModel.predict
+# rank.model: blend predicts BLEND_LYRA_WEIGHT * Lyra + (1 - BLEND_LYRA_WEIGHT) * ridge, for each member
+# (so the ensemble's spread scales by BLEND_LYRA_WEIGHT too): the two models on an equal footing
+BLEND_LYRA_WEIGHT = 0.5
 
 
 def one_hot_sparse(seqs: Sequence[str], alphabet: Alphabet, length: int) -> scipy.sparse.csr_matrix:
