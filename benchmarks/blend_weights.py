@@ -2,7 +2,7 @@
 
 For w from 0 (ridge alone) to 1 (the Lyra ensemble alone), the validation and test Spearman of
 
-    w * Lyra + (1 - w) * ridge          (rank.model: blend is w = 0.5)
+    w * Lyra + (1 - w) * ridge          (rank.model: blend is w = lyra.learn.ridge.BLEND_LYRA_WEIGHT, 0.5)
 
 and how closely the two models' predictions agree. The weight with the best validation Spearman is
 named with its test Spearman: choosing on validation, reading test once. It reads what the evaluate
@@ -29,7 +29,7 @@ from lyra.data.dataset import load_dataset  # noqa: E402
 from lyra.learn.evaluate import evaluate_ensemble  # noqa: E402
 from lyra.learn.forward import target_values  # noqa: E402
 from lyra.learn.metrics import spearman  # noqa: E402
-from lyra.learn.ridge import load_ridge  # noqa: E402
+from lyra.learn.ridge import blend, load_ridge  # noqa: E402
 
 WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 SPLITS = ("valid", "test")
@@ -51,7 +51,7 @@ def predictions(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarra
 def blend_table(preds: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                 weights=WEIGHTS) -> pd.DataFrame:
     """One row per Lyra weight w: the Spearman of w * Lyra + (1 - w) * ridge on each split."""
-    return pd.DataFrame([{"w_lyra": w, **{f"{split}_spearman": spearman(y, w * lyra + (1 - w) * ridge)
+    return pd.DataFrame([{"w_lyra": w, **{f"{split}_spearman": spearman(y, blend(lyra, ridge, w))
                                           for split, (y, lyra, ridge) in preds.items()}} for w in weights])
 
 

@@ -241,11 +241,16 @@ def pick_random(land: Landscape, measured: np.ndarray, n: int, rng: np.random.Ge
     return np.sort(rng.choice(candidates, size=min(n, candidates.size), replace=False))
 
 
-def pick_ridge(land: Landscape, measured: np.ndarray, n: int, seed: int) -> np.ndarray:
+def measured_ridge(land: Landscape, measured: np.ndarray, seed: int):
+    """One-hot ridge on every measured variant, alpha by cross-validation seeded by `seed`."""
     from lyra.learn.ridge import fit_ridge
 
-    train = np.flatnonzero(measured)
-    model = fit_ridge(land.sequence[train], land.fitness[train], alphabet=land.meta["alphabet"], seed=seed)
+    rows = np.flatnonzero(measured)
+    return fit_ridge(land.sequence[rows], land.fitness[rows], alphabet=land.meta["alphabet"], seed=seed)
+
+
+def pick_ridge(land: Landscape, measured: np.ndarray, n: int, seed: int) -> np.ndarray:
+    model = measured_ridge(land, measured, seed)
     candidates = np.flatnonzero(~measured)
     predicted = model.predict(land.sequence[candidates])  # (m,)
     order = np.argsort(-predicted, kind="stable")[:n]
@@ -266,7 +271,7 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
     from lyra.design.rank import RankConfig, rank_variants
     from lyra.design.scoring import score_shard
     from lyra.learn.forward import resolve_device
-    from lyra.learn.ridge import fit_ridge, save_ridge
+    from lyra.learn.ridge import save_ridge
     from lyra.learn.train import TrainConfig, train_model
 
     timings = {} if timings is None else timings
@@ -302,9 +307,8 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
         checkpoints.append(ckpt)
     rank_cfg = RankConfig.from_dict({**cfg["rank"], "top_n": n, "allow_fewer": True, "seed": seed})
     ridge, ridge_file = None, workdir / "measured_ridge.npz"
-    if rank_cfg.model == "blend":  # ridge on every measured variant, as the ridge strategy fits it
-        ridge = save_ridge(fit_ridge(land.sequence[rows], land.fitness[rows], alphabet=meta["alphabet"], seed=seed),
-                           ridge_file)
+    if rank_cfg.model == "blend":  # fitted as the ridge strategy fits it
+        ridge = save_ridge(measured_ridge(land, measured, seed), ridge_file)
     lap("train")
     scores = workdir / "unmeasured_scores.parquet"
     library_cfg = LibraryConfig.from_dict({"kind": "file", "path": str(library), "n_shards": 1})

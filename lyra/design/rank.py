@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from lyra.data.alphabet import get_alphabet
 from lyra.design.library import EnumeratedLayout, LibraryConfig
 from lyra.design.scoring import RIDGE_COLUMN, open_scores
-from lyra.learn.ridge import BLEND_LYRA_WEIGHT
+from lyra.learn.ridge import BLEND_LYRA_WEIGHT, blend
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path, write_text
 from lyra.schema import error_message, first_error, schema_fields, section_schema, unknown_key_message
@@ -125,8 +125,7 @@ def model_predictions(scores: pa.Table | pa.RecordBatch, model: str) -> tuple[np
         mu = column(RIDGE_COLUMN)
         return mu, np.zeros_like(mu)
     if model == "blend":  # each member averaged with ridge: the mean moves toward ridge, the spread shrinks
-        w = BLEND_LYRA_WEIGHT
-        return w * column("mean") + (1 - w) * column(RIDGE_COLUMN), w * column("std")
+        return blend(column("mean"), column(RIDGE_COLUMN)), BLEND_LYRA_WEIGHT * column("std")
     return column("mean"), column("std")
 
 

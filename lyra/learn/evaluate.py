@@ -25,7 +25,7 @@ from lyra.io import write_json
 from lyra.learn import metrics as M
 from lyra.learn.checkpoints import load_checkpoint, predict_tokens
 from lyra.learn.forward import encode_frame, target_values, task_info
-from lyra.learn.ridge import BLEND_LYRA_WEIGHT, RidgeModel, fit_ridge, save_ridge
+from lyra.learn.ridge import RidgeModel, blend, fit_ridge, save_ridge
 
 log = logging.getLogger("lyra.learn.evaluate")
 
@@ -141,57 +141,66 @@ def _ridge_metrics(model: RidgeModel, frame: pd.DataFrame, meta: Mapping[str, An
     (`ensemble`: split -> (n, 1)) averaged with ridge's, what rank.model: blend ranks by."""
     task, targets, _ = task_info(meta)
     out: dict[str, Any] = {}
-    blend: dict[str, Any] = {}
+    mixed: dict[str, Any] = {}
     for split in ("valid", "test"):
         rows = frame[frame["split"] == split]
         y = target_values(rows, meta)  # (n, 1)
         pred = model.predict(rows["sequence"].tolist())[:, None]  # (n, 1)
         out[split] = _summary(task, targets, y, pred)
-        blend[split] = _summary(task, targets, y, BLEND_LYRA_WEIGHT * ensemble[split] + (1 - BLEND_LYRA_WEIGHT) * pred)
+        mixed[split] = _summary(task, targets, y, blend(ensemble[split], pred))
     out.update(alpha=model.alpha, selection=model.selection, n_train=int((frame["split"] == "train").sum()))
-    return out, blend
+    return out, mixed
+
+
+def _validation_spearman(metrics: Mapping[str, Any]) -> tuple[dict[str, float], int] | str:
+    """({"lyra": rho, "ridge": rho, and "blend": rho where metrics.json has it}, n) on the validation split,
+    an undefined (NaN) Lyra or ridge Spearman counted as 0 (no ranking); or why the models cannot be told
+    apart there: no ridge baseline, or fewer than MIN_ROWS_TO_JUDGE variants (or none). Spearman on so few
+    is mostly noise, and cross-validating Lyra instead would mean training it again per fold."""
+    ridge = (metrics.get("baselines") or {}).get("ridge")
+    if not ridge:
+        return "metrics.json has no one-hot ridge baseline (fitted for regression on one target only)"
+    valid = metrics.get("valid") or {}
+    n = int(valid.get("n") or 0)
+    if n < MIN_ROWS_TO_JUDGE:
+        return (f"the validation split has {n} variants, too few to tell Lyra and one-hot ridge apart "
+                f"(needs {MIN_ROWS_TO_JUDGE}); Lyra by default")
+    rho = {"lyra": _num((valid.get("ensemble") or {}).get("spearman")),
+           "ridge": _num((ridge.get("valid") or {}).get("spearman"))}
+    rho = {name: 0.0 if math.isnan(r) else r for name, r in rho.items()}
+    blended = ((metrics.get("blend") or {}).get("valid") or {}).get("spearman")
+    if blended is not None:
+        rho["blend"] = float(blended)
+    return rho, n
 
 
 def better_on_validation(metrics: Mapping[str, Any]) -> tuple[str, str]:
     """("lyra" or "ridge", one line saying why): the model whose validation Spearman in `metrics`
-    (models/metrics.json) is higher; ties go to Lyra. Lyra as well, with the reason, when there is no
-    ridge baseline or the validation split has fewer than MIN_ROWS_TO_JUDGE variants (or none): Spearman
-    on so few is mostly noise, and cross-validating Lyra instead would mean training it again per fold."""
-    ridge = (metrics.get("baselines") or {}).get("ridge")
-    if not ridge:
-        return "lyra", "metrics.json has no one-hot ridge baseline (fitted for regression on one target only)"
-    valid = metrics.get("valid") or {}
-    n = int(valid.get("n") or 0)
-    if n < MIN_ROWS_TO_JUDGE:
-        return "lyra", (f"the validation split has {n} variants, too few to tell Lyra and one-hot ridge apart "
-                        f"(needs {MIN_ROWS_TO_JUDGE}); Lyra by default")
-    lyra_rho = _num((valid.get("ensemble") or {}).get("spearman"))
-    ridge_rho = _num((ridge.get("valid") or {}).get("spearman"))
-    lyra_rho, ridge_rho = (0.0 if math.isnan(r) else r for r in (lyra_rho, ridge_rho))  # NaN: no ranking
-    if ridge_rho > lyra_rho:
+    (models/metrics.json) is higher; ties go to Lyra. Lyra as well, with the reason, when the two cannot
+    be told apart (`_validation_spearman`)."""
+    judged = _validation_spearman(metrics)
+    if isinstance(judged, str):
+        return "lyra", judged
+    rho, n = judged
+    if rho["ridge"] > rho["lyra"]:
         return "ridge", (f"one-hot ridge predicts the validation variants better than the Lyra ensemble "
-                         f"(Spearman {ridge_rho:.2f} vs {lyra_rho:.2f} over {n} variants)")
+                         f"(Spearman {rho['ridge']:.2f} vs {rho['lyra']:.2f} over {n} variants)")
     return "lyra", (f"the Lyra ensemble predicts the validation variants at least as well as one-hot ridge "
-                    f"(Spearman {lyra_rho:.2f} vs {ridge_rho:.2f} over {n} variants)")
+                    f"(Spearman {rho['lyra']:.2f} vs {rho['ridge']:.2f} over {n} variants)")
 
 
 def auto_model(metrics: Mapping[str, Any]) -> tuple[str, str]:
     """rank.model: auto's choice, ("lyra", "ridge" or "blend", why): `better_on_validation`'s, unless the
     Lyra ensemble averaged with ridge (metrics.json's `blend`) has a higher validation Spearman than both."""
-    model, why = better_on_validation(metrics)
-    valid = metrics.get("valid") or {}
-    ridge = (metrics.get("baselines") or {}).get("ridge")
-    blend = ((metrics.get("blend") or {}).get("valid") or {}).get("spearman")
-    n = int(valid.get("n") or 0)
-    if not ridge or blend is None or n < MIN_ROWS_TO_JUDGE:  # better_on_validation says why not
-        return model, why
-    lyra_rho = _num((valid.get("ensemble") or {}).get("spearman"))
-    ridge_rho = _num((ridge.get("valid") or {}).get("spearman"))
-    if float(blend) > max(0.0 if math.isnan(r) else r for r in (lyra_rho, ridge_rho)):
+    judged = _validation_spearman(metrics)
+    if isinstance(judged, str):
+        return "lyra", judged
+    rho, n = judged
+    if rho.get("blend", -math.inf) > max(rho["lyra"], rho["ridge"]):
         return "blend", (f"the Lyra ensemble averaged with one-hot ridge predicts the validation variants better "
-                         f"than either (Spearman {float(blend):.2f} vs {lyra_rho:.2f} and {ridge_rho:.2f} over "
-                         f"{n} variants)")
-    return model, why
+                         f"than either (Spearman {rho['blend']:.2f} vs {rho['lyra']:.2f} and {rho['ridge']:.2f} "
+                         f"over {n} variants)")
+    return better_on_validation(metrics)
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, Any]:

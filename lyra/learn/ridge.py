@@ -54,6 +54,11 @@ PREDICT_CHUNK = 16384  # sequences per chunk in RidgeModel.predict
 BLEND_LYRA_WEIGHT = 0.5
 
 
+def blend(lyra: np.ndarray, ridge: np.ndarray, w_lyra: float = BLEND_LYRA_WEIGHT) -> np.ndarray:
+    """A Lyra prediction (a member's, or the ensemble mean) mixed with ridge's: w * Lyra + (1 - w) * ridge."""
+    return w_lyra * lyra + (1 - w_lyra) * ridge
+
+
 def one_hot_sparse(seqs: Sequence[str], alphabet: Alphabet, length: int) -> scipy.sparse.csr_matrix:
     """Sequences -> sparse (n, length * C) one-hot, right-padded with zeros to `length`.
 
