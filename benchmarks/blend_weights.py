@@ -15,7 +15,6 @@ stage wrote (models/metrics.json, models/ridge.npz) and the campaign's dataset:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lyra.campaign.layout import DATASET, METRICS, RIDGE  # noqa: E402
 from lyra.data.dataset import load_dataset  # noqa: E402
-from lyra.learn.evaluate import evaluate_ensemble  # noqa: E402
+from lyra.errors import LyraError  # noqa: E402
+from lyra.learn.evaluate import evaluate_ensemble, read_metrics  # noqa: E402
 from lyra.learn.forward import target_values  # noqa: E402
 from lyra.learn.metrics import spearman  # noqa: E402
 from lyra.learn.ridge import blend, load_ridge  # noqa: E402
@@ -37,7 +37,7 @@ SPLITS = ("valid", "test")
 
 def predictions(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """split -> (measured, Lyra ensemble, ridge), (n,) each, for a regression on one target."""
-    metrics = json.loads((root / METRICS).read_text())
+    metrics = read_metrics(root / METRICS)
     ds = load_dataset(root / DATASET)
     ridge = load_ridge(root / RIDGE)
     out = {}
@@ -59,7 +59,10 @@ def main(argv=None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", required=True, help="a campaign's results folder, e.g. results/dms_bgl3")
     args = ap.parse_args(argv)
-    preds = predictions(Path(args.results))
+    try:
+        preds = predictions(Path(args.results))
+    except LyraError as e:  # a results folder without a finished evaluate stage
+        sys.exit(f"blend_weights: {e}")
     table = blend_table(preds)
     print("| Lyra weight | valid Spearman | test Spearman |\n|---:|---:|---:|")
     for row in table.itertuples():

@@ -163,6 +163,9 @@ def test_blend_weights_benchmark_spans_ridge_to_lyra(campaign, capsys):
     best = table["valid_spearman"].idxmax()
     assert f"chosen on validation: Lyra weight {best:.1f}, test Spearman {table.loc[best, 'test_spearman']:.4f}" \
         in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"^blend_weights: .*models/metrics\.json: not found") as e:
+        blend_weights.main(["--results", str(campaign.root / "nowhere")])  # no evaluate stage there
+    assert "\n" not in str(e.value)
 
 
 def test_classification_has_no_ridge_baseline_and_still_ranks(tmp_path, caplog):
