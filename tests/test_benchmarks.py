@@ -186,3 +186,52 @@ def test_dms_recipe_prints_ridge_and_each_recipe_on_validation_rows_only(tmp_pat
     ridge = fit_ridge(frame["sequence"].iloc[train].tolist(), frame["score"].iloc[train].to_numpy(), seed=0)
     expected = spearman(frame["score"].iloc[valid].to_numpy(), ridge.predict(frame["sequence"].iloc[valid]))
     assert f"| {expected:.3f} |" in table[0]
+
+
+def test_dms_ceiling_scores_ridge_and_its_rivals_and_the_noise_by_read_depth(tmp_path, capsys):
+    """benchmarks/dms_ceiling.py on a small mutation table with read counts: ridge's row is the evaluate
+    stage's baseline on these training rows, each rival has a validation and test Spearman, the read-depth
+    table starts from every test variant, and a count table that misses a test variant is one line."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks import dms_ceiling
+    from lyra.data.dataset import load_dataset
+    from lyra.learn.evaluate import fit_ridge_baseline
+    from tests.prepared import prepare
+
+    rng = np.random.default_rng(1)
+    wt, letters = "MKTAYIAKQRQISFVKSHFS", "ACDEFGHIKLMNPQRSTVWY"
+    effect = 2 * rng.normal(size=(len(wt), 1)) + 0.2 * rng.normal(size=(len(wt), 20))  # mostly per site
+    rows = []
+    for _ in range(400):
+        pos = sorted(rng.choice(len(wt), 2, replace=False))
+        muts = [(p, letters[(letters.index(wt[p]) + 1 + rng.integers(19)) % 20]) for p in pos]
+        rows.append((",".join(f"{wt[p]}{p}{a}" for p, a in muts), sum(effect[p, letters.index(a)] for p, a in muts)
+                     + rng.normal(scale=0.5), int(rng.integers(1, 100))))
+    table = pd.DataFrame(rows, columns=["variant", "score", "inp"]).drop_duplicates("variant")
+    table.to_csv(tmp_path / "dms.tsv", sep="\t", index=False)
+    dataset = prepare({"path": str(tmp_path / "dms.tsv"), "mutations_column": "variant", "wild_type": wt,
+                       "first_position": 0, "target_column": "score"}, {"method": "random"}, tmp_path / "data")
+
+    result = dms_ceiling.main(["--dataset", str(dataset), "--epochs", "3", "--counts", str(tmp_path / "dms.tsv")])
+    assert len(result) == 4 and result["model"].iloc[0].startswith("one-hot ridge")
+    ds = load_dataset(dataset)
+    ridge = fit_ridge_baseline(ds.frame, ds.meta, seed=0)
+    for split in ("valid", "test"):
+        part = ds.frame[ds.frame["split"] == split]
+        expected = spearman(part["score"].to_numpy(), ridge.predict(part["sequence"]))
+        assert result[f"{split}_spearman"].iloc[0] == pytest.approx(expected)
+    assert result[["valid_spearman", "test_spearman"]].notna().all().all()
+    assert result["valid_spearman"].iloc[0] > 0.5  # an additive landscape: ridge learns it
+    n_test, floor, rho = result.attrs["depth"][0]
+    assert n_test == (ds.frame["split"] == "test").sum() and rho == pytest.approx(result["test_spearman"].iloc[0])
+    assert [r[0] for r in result.attrs["depth"]] == sorted((r[0] for r in result.attrs["depth"]), reverse=True)
+    out = capsys.readouterr().out
+    assert "| model | valid Spearman | test Spearman |" in out and "| test variants | input reads at least |" in out
+
+    test_variant = ds.frame.loc[ds.frame["split"] == "test", "variant_id"].iloc[0].replace(":", ",")
+    table[table["variant"] != test_variant].to_csv(tmp_path / "partial.tsv", sep="\t", index=False)
+    with pytest.raises(SystemExit, match=r"^dms_ceiling: .*partial\.tsv: 1 test variants have no row") as e:
+        dms_ceiling.main(["--dataset", str(dataset), "--epochs", "1", "--counts", str(tmp_path / "partial.tsv")])
+    assert "\n" not in str(e.value)
