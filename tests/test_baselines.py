@@ -8,10 +8,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from lyra.campaign import settings, stages
@@ -239,6 +241,46 @@ def test_rank_model_blend_averages_each_member_with_ridge(campaign, tmp_path):
     assert summary.n == 136 and summary.counts.sum() == 136
     np.testing.assert_allclose(summary.sample_mean, mean, rtol=1e-12)
     np.testing.assert_allclose(summary.sample_std, std, rtol=1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["ucb", "thompson"])
+def test_ridge_picks_take_ridges_best_first_then_the_ensembles(campaign, tmp_path, strategy):
+    """rank.ridge_picks: 4 of 10 picks are ridge's top predictions, the other 6 are what the ensemble's
+    ranking gives without them, each labelled with the model that chose it."""
+    scores = pd.read_parquet(campaign.scores)
+    ridge = scores["ridge"].to_numpy(np.float64)  # (n,)
+    ranking = pd.read_csv(_rank(campaign, tmp_path / "hedge", ridge_picks=4, strategy=strategy, kappa=2.0))
+    by_ridge = scores["variant_id"].to_numpy()[np.argsort(-ridge, kind="stable")[:4]].tolist()
+    assert ranking["variant_id"].tolist()[:4] == by_ridge
+    assert ranking["model"].tolist() == ["ridge"] * 4 + ["lyra"] * 6 and not ranking["variant_id"].duplicated().any()
+    np.testing.assert_allclose(ranking["acquisition"][:4], np.sort(ridge)[::-1][:4], atol=1e-6)
+    assert ranking["reason"][0].startswith("one-hot ridge prediction") and ranking["acquisition_rank"][:4].tolist() == [1, 2, 3, 4]
+    alone = pd.read_csv(_rank(campaign, tmp_path / "alone", top_n=16, strategy=strategy, kappa=2.0))
+    if strategy == "ucb":  # the ensemble's own order, without the variants ridge took
+        rest = [v for v in alone["variant_id"] if v not in by_ridge][:6]
+        assert ranking["variant_id"].tolist()[4:] == rest
+        assert ranking["reason"][4].startswith("UCB ")
+        assert "The first 4 picks below are one-hot ridge's best predictions (rank.ridge_picks), the others are " \
+               "ranked by the Lyra ensemble (rank.model)." in model_comparison(json.loads(campaign.metrics.read_text()), ranking)
+    else:
+        assert ranking["reason"][4].startswith("Thompson draw 1: ")
+    # the diversity rules hold across both models' picks
+    capped = pd.read_csv(_rank(campaign, tmp_path / "capped", ridge_picks=4, strategy=strategy,
+                               diversity={"max_per_mutation": 3}))
+    counts = Counter(m for muts in capped["mutations"].fillna("") for m in filter(None, muts.split(":")))
+    assert max(counts.values()) <= 3 and (capped["model"] == "ridge").sum() == 4
+    check_campaign(_config_of(campaign, ridge_picks=4))
+
+
+def test_ridge_picks_need_the_ridge_baseline(tmp_path, campaign):
+    config = _config(tmp_path, task="classification", ridge_picks=8)
+    with pytest.raises(ConfigError, match=r"^rank\.ridge_picks: 8, but the one-hot ridge baseline is a regression") as e:
+        check_campaign(config)
+    assert "\n" not in str(e.value)
+    lyra_only = tmp_path / "lyra_only.parquet"  # scores of a campaign without the baseline
+    pq.write_table(pq.read_table(campaign.scores).drop(["ridge"]), lyra_only)
+    with pytest.raises(ConfigError, match=r"^rank\.ridge_picks: 2, but .* has no one-hot ridge scores"):
+        rank_variants(lyra_only, RankConfig(top_n=4, ridge_picks=2))
 
 
 def _rank(campaign: Layout, out: Path, **rank) -> Path:

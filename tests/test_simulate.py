@@ -16,8 +16,8 @@ import yaml
 
 from lyra.campaign.checks import stage_inputs
 from lyra.campaign.config import resolve_config
-from lyra.campaign.simulate import (Landscape, check_simulation, initial_plate, member_split, simulate_run,
-                                    strategies, strategy_config, summarise)
+from lyra.campaign.simulate import (Landscape, check_simulation, initial_plate, member_split, pick_ridge, rng_for,
+                                    simulate_config, simulate_run, strategies, strategy_config, summarise)
 from lyra.data.dataset import prepare_dataset
 from lyra.errors import ConfigError
 from own_campaigns import SIM_TINY as TINY
@@ -152,23 +152,41 @@ def test_default_strategies_and_overrides(tmp_path):
     assert stage_inputs(config)["simulate"] == [str((tmp_path / "family.a2m").resolve())]
 
 
-def test_blend_strategy_averages_lyra_with_ridge_fitted_on_every_measured_variant(sim, caplog):
+def _one_strategy_run(sim, caplog, name: str, settings: dict) -> tuple[dict, pd.DataFrame]:
+    """Run 0 of the campaign with `name` as its only strategy: the config and every measured variant, after
+    checking that each round picked its batch and no variant twice."""
     config, dataset, library, tmp = sim
-    config = {**config, "simulate": {**config["simulate"], "strategies": {
-        "lyra_blend": {"model": "lyra", "rank": {"model": "blend"}}}}}
+    config = {**config, "simulate": {**config["simulate"], "strategies": {name: settings}}}
     check_simulation(config)
     with caplog.at_level("INFO", logger="lyra"):
-        simulate_run(config, dataset, library, "lyra_blend", 0, tmp / "b.parquet", tmp / "b.csv", tmp / "w")
-    picks = pd.read_csv(tmp / "b.csv")
+        simulate_run(config, dataset, library, name, 0, tmp / f"{name}.parquet", tmp / f"{name}.csv", tmp / f"work_{name}")
+    picks = pd.read_csv(tmp / f"{name}.csv")
     assert picks.groupby("round").size().tolist() == [8, 4, 4, 4] and not picks["sequence"].duplicated().any()
+    return config, picks
+
+
+def test_blend_strategy_averages_lyra_with_ridge_fitted_on_every_measured_variant(sim, caplog):
+    config, picks = _one_strategy_run(sim, caplog, "lyra_blend", {"model": "lyra", "rank": {"model": "blend"}})
+    tmp = sim[3]
     assert caplog.text.count("ranking by the average of the Lyra ensemble and one-hot ridge") == 3
-    assert not list((tmp / "w").rglob("*.npz"))  # the round's models are not kept
+    assert not list((tmp / "work_lyra_blend").rglob("*.npz"))  # the round's models are not kept
     for model in ("auto", "ridge"):  # neither ranks a Lyra strategy's picks: one line, before any job
         bad = {**config, "simulate": {**config["simulate"], "strategies": {
             "bad": {"model": "lyra", "rank": {"model": model}}}}}
         with pytest.raises(ConfigError, match=rf"^simulate\.strategies\.bad: rank\.model '{model}' cannot rank") as e:
             check_simulation(bad)
         assert "\n" not in str(e.value)
+
+
+def test_ridge_picks_strategy_hedges_each_round_with_ridges_best(sim, caplog):
+    config, picks = _one_strategy_run(sim, caplog, "lyra_hedge", {"model": "lyra", "rank": {"ridge_picks": 1}})
+    dataset = sim[1]
+    assert caplog.text.count("the first 1 picks by one-hot ridge (rank.ridge_picks)") == 3
+    land = Landscape.load(dataset)  # round 1's first pick is ridge's best on the initial plate
+    measured = np.zeros(len(land), dtype=bool)
+    measured[land.indices(picks.loc[picks["round"] == 0, "sequence"].tolist())] = True
+    seed = int(rng_for(simulate_config(config), 0, "lyra_hedge", 1).integers(2**31 - 1))
+    assert land.sequence[pick_ridge(land, measured, 1, seed)[0]] in set(picks.loc[picks["round"] == 1, "sequence"])
 
 
 @pytest.mark.parametrize("strategy, message", [

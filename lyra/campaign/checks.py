@@ -96,10 +96,11 @@ def check_campaign(config: Mapping[str, Any]) -> None:
             )
         _check_library_not_measured(config, lib, wt, n)
     _check_order(config, wt)
-    model = config["rank"].get("model")
-    if model in ("ridge", "blend") and not ridge_baseline(config):
+    model, ridge_picks = config["rank"].get("model"), config["rank"].get("ridge_picks") or 0
+    if (model in ("ridge", "blend") or ridge_picks) and not ridge_baseline(config):
         data = config["data"]
-        raise ConfigError(f"rank.model: {model}, but {ridge_unavailable(data.get('task', 'regression'), data['target_column'])}")
+        key = f"rank.model: {model}" if model in ("ridge", "blend") else f"rank.ridge_picks: {ridge_picks}"
+        raise ConfigError(f"{key}, but {ridge_unavailable(data.get('task', 'regression'), data['target_column'])}")
 
 
 def _check_order(config: Mapping[str, Any], wild_type: str | None) -> None:

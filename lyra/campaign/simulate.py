@@ -11,7 +11,7 @@ Strategies (`simulate.strategies`):
 - lyra: the product itself: the measured variants become a dataset (`prepare_dataset`), an ensemble
   trains with validation selection (`train_model`), the unmeasured landscape is scored as a library file
   (`score_shard`) and ranked like the rank stage (`rank_variants`, any `rank.strategy`; `rank.model:
-  blend` averages each member with one-hot ridge fitted on every measured variant).
+  blend` and `rank.ridge_picks` use one-hot ridge fitted on every measured variant).
 
 Every strategy of run k starts from the same first plate and draws its random choices from
 (simulate.seed, k), so strategies are compared on the same starts. A job is one (strategy, run); it
@@ -307,7 +307,7 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
         checkpoints.append(ckpt)
     rank_cfg = RankConfig.from_dict({**cfg["rank"], "top_n": n, "allow_fewer": True, "seed": seed})
     ridge, ridge_file = None, workdir / "measured_ridge.npz"
-    if rank_cfg.model == "blend":  # fitted as the ridge strategy fits it
+    if rank_cfg.model == "blend" or rank_cfg.ridge_picks:  # fitted as the ridge strategy fits it
         ridge = save_ridge(measured_ridge(land, measured, seed), ridge_file)
     lap("train")
     scores = workdir / "unmeasured_scores.parquet"

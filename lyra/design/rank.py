@@ -23,7 +23,11 @@ with ridge's (w = `lyra.learn.ridge.BLEND_LYRA_WEIGHT`, 1/2),
 
     blend: mu = w * mean + (1 - w) * ridge,    sigma = w * std
 
-ranking.csv names the model in its `model` column.
+With `rank.ridge_picks: k` the first k picks are one-hot ridge's best predictions (greedy, under the
+diversity rules), and the rest come from the model and strategy above, under the same rules, with the
+variants ridge took skipped: a hedge between the additive model and Lyra in one plate.
+
+ranking.csv names the model that chose each pick in its `model` column.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class RankConfig:
     `model` (lyra, ridge, blend or auto) is resolved by `ranking_model`."""
 
     model: str
+    ridge_picks: int
     strategy: str
     kappa: float
     top_n: int
@@ -263,6 +268,7 @@ class _Greedy:
     def __init__(self, cfg: RankConfig, wild_type: str | None, first_position: int):
         div = cfg.diversity
         self.cfg = cfg
+        self.limit = cfg.top_n  # picks to make; lowered while rank.ridge_picks are taken
         self.cap_mut, self.cap_pos, self.min_ham = div["max_per_mutation"], div["max_per_position"], div["min_hamming"]
         if wild_type is None and (self.cap_mut or self.cap_pos):
             log.warning("no wild type: rank.diversity max_per_mutation / max_per_position are ignored")
@@ -282,7 +288,7 @@ class _Greedy:
 
     @property
     def done(self) -> bool:
-        return len(self.picks) >= self.cfg.top_n
+        return len(self.picks) >= self.limit
 
     def _code(self, text: str) -> int:
         if text not in self._codes:
@@ -333,8 +339,11 @@ class _Greedy:
         """(n, L) bool mutated positions of a block's byte rows, None where the mutation rules cannot see them."""
         return self._mutated(rows) if self.wt is not None and rows.shape[1] >= self.wt.size else None
 
-    def admit(self, rows: np.ndarray, mutated, open_: np.ndarray, reason: np.ndarray) -> None:
-        """Close the candidates of a new block that the rules in force (from the picks so far) block."""
+    def admit(self, block_rows: np.ndarray, rows: np.ndarray, mutated, open_: np.ndarray, reason: np.ndarray) -> None:
+        """Close the candidates of a new block (row numbers, byte rows) picked already or blocked by the
+        rules in force (from the picks so far)."""
+        if self.pick_rows:  # one order read after another (rank.ridge_picks): never the same variant twice
+            open_ &= ~np.isin(block_rows, self.pick_rows)
         if mutated is not None and self.cap_mut is not None:
             self._block_mut(rows, mutated, open_, reason, self.n_mut >= self.cap_mut)
         if mutated is not None and self.cap_pos is not None:
@@ -381,7 +390,7 @@ class _Greedy:
         open_ = np.ones(n, dtype=bool)  # not (yet) blocked by a rule
         reason = np.full(n, -1, dtype=np.int64)
         mutated = self.mutated_of(rows)
-        self.admit(rows, mutated, open_, reason)  # rules already in force from earlier blocks
+        self.admit(block_rows, rows, mutated, open_, reason)  # rules already in force from earlier blocks
         i = 0
         while not self.done:
             nxt = np.flatnonzero(open_[i:])
@@ -425,7 +434,7 @@ class _Segment:
         self.open = np.ones(rows.size, dtype=bool)  # neither picked nor blocked by a rule
         self.reason = np.full(rows.size, -1, dtype=np.int64)  # -1 open, -2 picked, else a rule's text code
         self.mutated = greedy.mutated_of(data)
-        greedy.admit(data, self.mutated, self.open, self.reason)
+        greedy.admit(rows, data, self.mutated, self.open, self.reason)
         chunks, start, size = [], 0, _FIRST_CHUNK
         while start < rows.size:
             chunks.append((start, min(rows.size, start + size)))
@@ -550,6 +559,20 @@ class _Thompson:
                      len(greedy.picks), self.pooled)
 
 
+def _ridge_picks(greedy: _Greedy, candidates: "_Candidates", ridge: np.ndarray, cfg: RankConfig) -> int:
+    """rank.ridge_picks: the first picks, in one-hot ridge's prediction order under the diversity rules;
+    returns how many were taken (fewer when the rules close ridge's whole order)."""
+    greedy.limit = min(cfg.ridge_picks, cfg.top_n)
+    seen = 0
+    for block in _blocks_in_order(np.where(np.isnan(ridge), -np.inf, ridge), cfg.pool_factor * greedy.limit):
+        greedy.scan(block, candidates.rows(block), first_rank=seen + 1)
+        seen += block.size
+        if greedy.done:
+            break
+    greedy.limit = cfg.top_n
+    return len(greedy.picks)
+
+
 def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
@@ -613,24 +636,30 @@ def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, A
     for col in ("index", "mean", "std", "variant_id", "mutations"):
         if col not in names:
             raise DataError(f"scores have no {col!r} column", str(scores_path))
-    if RIDGE_COLUMN in MODEL_COLUMNS[model] and RIDGE_COLUMN not in names:
-        raise ConfigError(f"{why}, but {scores_path} has no one-hot ridge scores: the baseline is fitted for "
+    columns = list(dict.fromkeys([*MODEL_COLUMNS[model], *([RIDGE_COLUMN] if cfg.ridge_picks else [])]))
+    if RIDGE_COLUMN in columns and RIDGE_COLUMN not in names:
+        needs = why if RIDGE_COLUMN in MODEL_COLUMNS[model] else f"rank.ridge_picks: {cfg.ridge_picks}"
+        raise ConfigError(f"{needs}, but {scores_path} has no one-hot ridge scores: the baseline is fitted for "
                           "regression on one target only")
-    stats = pf.read(columns=["index", *MODEL_COLUMNS[model]])
+    stats = pf.read(columns=["index", *columns])
     mean, std = model_predictions(stats, model)
+    ridge = model_predictions(stats, "ridge")[0] if cfg.ridge_picks else None
     if model == "ridge":  # no uncertainty: every strategy ranks by the prediction
         cfg = dataclasses.replace(cfg, strategy="mean")
     log.info("ranking by %s (%s)", MODEL_NAMES[model], why)
+    if cfg.ridge_picks:
+        log.info("the first %d picks by %s (rank.ridge_picks)", min(cfg.ridge_picks, cfg.top_n), MODEL_NAMES["ridge"])
     index = stats.column("index").to_numpy()
     del stats
     if mean.size == 0:
         raise DataError("the library has no scored variants (all excluded?)", str(scores_path))
     candidates = _Candidates(pf, meta, index)
     greedy = _Greedy(cfg, meta.get("wild_type"), meta.get("first_position", 1))
+    n_ridge = 0 if ridge is None else _ridge_picks(greedy, candidates, ridge, cfg)
     if cfg.strategy == "thompson":
         thompson = _Thompson(cfg, greedy, candidates, mean, std)
         thompson.run()
-        acq = np.array(thompson.draws, dtype=np.float64)  # per pick, not per variant
+        acq = np.array(thompson.draws, dtype=np.float64)  # per pick after ridge's, not per variant
     else:
         acq = acquisition(mean, std, cfg)
         seen = 0
@@ -651,17 +680,19 @@ def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, A
     out["sequence"] = [p[p > 0].tobytes().decode() for p in greedy.picks]
     out["mean"] = mean[rows].astype(np.float64)
     out["std"] = std[rows].astype(np.float64)
+    ridge_acq = [] if ridge is None else ridge[rows[:n_ridge]].tolist()  # ridge's picks: its prediction
     if cfg.strategy == "thompson":
-        out["acquisition"] = acq  # each pick's own draw f_s
-        z = thompson.z
+        out["acquisition"] = [*ridge_acq, *acq]  # each later pick's own draw f_s
+        z = [0.0] * n_ridge + thompson.z
     else:
-        out["acquisition"] = acq[rows]
+        out["acquisition"] = [*ridge_acq, *acq[rows[n_ridge:]]]
         z = [0.0] * len(rows)
     out["acquisition_rank"] = greedy.pick_ranks  # ties ranked by file order
-    out["model"] = model
-    out["reason"] = [_reason(m, s, a, k, skipped, cfg, slot, zz, model) for slot, (m, s, a, k, skipped, zz) in
+    out["model"] = ["ridge"] * n_ridge + [model] * (len(rows) - n_ridge)
+    out["reason"] = [_reason(a if m_ == "ridge" else m, s, a, k, skipped, cfg, slot - n_ridge, zz, m_)
+                     for slot, (m, s, a, k, skipped, zz, m_) in
                      enumerate(zip(out["mean"], out["std"], out["acquisition"], out["acquisition_rank"],
-                                   greedy.pick_skipped, z), 1)]
+                                   greedy.pick_skipped, z, out["model"]), 1)]
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out[RANK_COLUMNS]
 

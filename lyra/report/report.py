@@ -181,7 +181,12 @@ def model_comparison(metrics: Mapping | None, ranking: pd.DataFrame | None = Non
     verdict = better_on_validation(metrics)[1]
     lines += ["", f"{verdict[:1].upper()}{verdict[1:]}."]
     if ranking is not None:
-        lines.append(f"The picks below are ranked by {MODEL_NAMES[ranking_model_of(ranking)]} (rank.model).")
+        model = ranking_model_of(ranking)
+        lines.append(f"The picks below are ranked by {MODEL_NAMES[model]} (rank.model).")
+        n_ridge = int((ranking["model"] == "ridge").sum()) if model != "ridge" and "model" in ranking else 0
+        if n_ridge:
+            lines[-1] = (f"The first {n_ridge} picks below are one-hot ridge's best predictions (rank.ridge_picks), "
+                         f"the others are ranked by {MODEL_NAMES[model]} (rank.model).")
     return [*lines, ""]
 
 
@@ -190,10 +195,11 @@ def _metric(x) -> str:
 
 
 def ranking_model_of(ranking: pd.DataFrame | None) -> str:
-    """The model that ranked ranking.csv (its `model` column): lyra, ridge or blend; lyra for older rankings."""
+    """The model rank.model ranked ranking.csv by (its `model` column after any rank.ridge_picks, which come
+    first): lyra, ridge or blend; lyra for older rankings."""
     if ranking is None or "model" not in ranking or ranking.empty:
         return "lyra"
-    return str(ranking["model"].iloc[0])
+    return str(ranking["model"].iloc[-1])
 
 
 # ----------------------------------------------------------------------------------------------------
