@@ -272,6 +272,14 @@ def test_ridge_picks_take_ridges_best_first_then_the_ensembles(campaign, tmp_pat
     check_campaign(_config_of(campaign, ridge_picks=4))
 
 
+def test_the_checks_know_which_rankings_read_ridge():
+    from lyra.campaign.settings import RANK_MODELS_READING_RIDGE
+    from lyra.design.rank import MODEL_COLUMNS
+    from lyra.design.scoring import RIDGE_COLUMN
+
+    assert set(RANK_MODELS_READING_RIDGE) == {m for m, columns in MODEL_COLUMNS.items() if RIDGE_COLUMN in columns}
+
+
 def test_ridge_picks_need_the_ridge_baseline(tmp_path, campaign):
     config = _config(tmp_path, task="classification", ridge_picks=8)
     with pytest.raises(ConfigError, match=r"^rank\.ridge_picks: 8, but the one-hot ridge baseline is a regression") as e:

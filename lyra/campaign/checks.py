@@ -7,8 +7,8 @@ from typing import Any, Mapping
 
 from lyra.io import resolve_path
 from lyra.campaign.rounds import round_files
-from lyra.campaign.settings import (data_config, library_section, prior_msa, prior_section, ridge_baseline,
-                                    ridge_unavailable, wild_type_dna)
+from lyra.campaign.settings import (data_config, library_section, prior_msa, prior_section, rank_reads_ridge,
+                                    ridge_baseline, ridge_unavailable, wild_type_dna)
 from lyra.campaign.stages import GENE_NEEDS_WILD_TYPE, NO_WILD_TYPE, preprocess
 from lyra.errors import ConfigError
 
@@ -96,11 +96,10 @@ def check_campaign(config: Mapping[str, Any]) -> None:
             )
         _check_library_not_measured(config, lib, wt, n)
     _check_order(config, wt)
-    model, ridge_picks = config["rank"].get("model"), config["rank"].get("ridge_picks") or 0
-    if (model in ("ridge", "blend") or ridge_picks) and not ridge_baseline(config):
+    needs_ridge = rank_reads_ridge(config["rank"])
+    if needs_ridge and not ridge_baseline(config):
         data = config["data"]
-        key = f"rank.model: {model}" if model in ("ridge", "blend") else f"rank.ridge_picks: {ridge_picks}"
-        raise ConfigError(f"{key}, but {ridge_unavailable(data.get('task', 'regression'), data['target_column'])}")
+        raise ConfigError(f"{needs_ridge}, but {ridge_unavailable(data.get('task', 'regression'), data['target_column'])}")
 
 
 def _check_order(config: Mapping[str, Any], wild_type: str | None) -> None:

@@ -115,6 +115,21 @@ def ridge_unavailable(task: str, targets: str | Sequence[str]) -> str | None:
     return None
 
 
+# the rank.model values that read one-hot ridge's scores: those of lyra.design.rank.MODEL_COLUMNS with the
+# ridge column (a test holds the two together; importing the ranking here would slow every Snakefile parse)
+RANK_MODELS_READING_RIDGE = ("ridge", "blend")
+
+
+def rank_reads_ridge(rank: Mapping[str, Any]) -> str | None:
+    """The setting of a `rank:` section that reads one-hot ridge's scores ("rank.model: blend",
+    "rank.ridge_picks: 24"), None when the ranking needs no ridge baseline (rank.model: auto falls back)."""
+    if rank.get("model") in RANK_MODELS_READING_RIDGE:
+        return f"rank.model: {rank['model']}"
+    if rank.get("ridge_picks"):
+        return f"rank.ridge_picks: {rank['ridge_picks']}"
+    return None
+
+
 def ridge_baseline(config: Mapping[str, Any]) -> bool:
     """Whether the campaign (a whole config, as the rules have it) gets the one-hot ridge baseline; the
     stages, whose configs lack `data`, ask the dataset's metadata instead (`_ridge_file`)."""
