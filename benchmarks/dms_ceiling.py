@@ -50,13 +50,12 @@ def blosum_change(sequences: pd.Series, wild_type: str) -> np.ndarray:
     return out
 
 
-def fit_network(X: dict, y: dict, epochs: int, seed: int) -> tuple[dict, int]:
-    """One-hidden-layer tanh network on dense one-hot rows; returns the predictions at the epoch of
-    best validation Spearman, and that epoch."""
+def fit_network(dense: dict, y: dict, epochs: int, seed: int) -> tuple[dict, int]:
+    """One-hidden-layer tanh network on dense one-hot rows (float32 tensors per split); returns the
+    predictions at the epoch of best validation Spearman, and that epoch."""
     import torch
 
     torch.manual_seed(seed)
-    dense = {s: torch.tensor(X[s].toarray(), dtype=torch.float32) for s in SPLITS}  # (n, L * C)
     mu, sd = y["train"].mean(), y["train"].std() or 1.0
     target = torch.tensor((y["train"] - mu) / sd, dtype=torch.float32)  # (n,)
     net = torch.nn.Sequential(torch.nn.Linear(dense["train"].shape[1], 100), torch.nn.Tanh(), torch.nn.Linear(100, 1))
@@ -139,7 +138,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             time.perf_counter() - t, f"BLOSUM62 alone: test {spearman(y['test'], change['test']):.4f}")
 
     t = time.perf_counter()
-    pred, epoch = fit_network(X, y, args.epochs, seed=0)
+    dense = {s: torch.tensor(X[s].toarray(), dtype=torch.float32) for s in SPLITS}  # (n, L * C), both networks'
+    pred, epoch = fit_network(dense, y, args.epochs, seed=0)
     row("one-hidden-layer network on the one-hot variant", pred, time.perf_counter() - t,
         f"epoch {epoch} of {args.epochs}")
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         fold = fit_ridge([seqs[i] for i in fit_rows], y["train"][fit_rows], meta["alphabet"], alphas=[ridge.alpha])
         oof[out_rows] = fold.with_length(length).predict([seqs[i] for i in out_rows])
     residual = {"train": y["train"] - oof, "valid": y["valid"] - ridge_pred["valid"], "test": y["test"] - ridge_pred["test"]}
-    pred, epoch = fit_network(X, residual, args.epochs, seed=0)
+    pred, epoch = fit_network(dense, residual, args.epochs, seed=0)
     row("ridge + the network on ridge's out-of-fold residuals", {s: ridge_pred[s] + pred[s] for s in ("valid", "test")},
         time.perf_counter() - t, f"epoch {epoch} of {args.epochs}")
 

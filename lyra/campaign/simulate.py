@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from lyra.campaign.settings import model_params, prior_section, prior_table
+from lyra.campaign.settings import model_params, prior_section, prior_table, rank_reads_ridge
 from lyra.errors import ConfigError, DataError
 from lyra.io import atomic_path, resolve_path
 from lyra.schema import error_message, first_error, schema_fields, section_schema
@@ -307,7 +307,7 @@ def pick_lyra(cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray, n: 
         checkpoints.append(ckpt)
     rank_cfg = RankConfig.from_dict({**cfg["rank"], "top_n": n, "allow_fewer": True, "seed": seed})
     ridge, ridge_file = None, workdir / "measured_ridge.npz"
-    if rank_cfg.model == "blend" or rank_cfg.ridge_picks:  # fitted as the ridge strategy fits it
+    if rank_reads_ridge(cfg["rank"]):  # fitted as the ridge strategy fits it
         ridge = save_ridge(measured_ridge(land, measured, seed), ridge_file)
     lap("train")
     scores = workdir / "unmeasured_scores.parquet"

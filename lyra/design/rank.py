@@ -559,16 +559,24 @@ class _Thompson:
                      len(greedy.picks), self.pooled)
 
 
-def _ridge_picks(greedy: _Greedy, candidates: "_Candidates", ridge: np.ndarray, cfg: RankConfig) -> int:
-    """rank.ridge_picks: the first picks, in one-hot ridge's prediction order under the diversity rules;
-    returns how many were taken (fewer when the rules close ridge's whole order)."""
-    greedy.limit = min(cfg.ridge_picks, cfg.top_n)
+def _greedy_pass(greedy: _Greedy, candidates: "_Candidates", key: np.ndarray, first: int) -> None:
+    """Pick in `key` order (descending) until `greedy.limit` picks: the best `first` candidates, then
+    more blocks only when the diversity rules reject that many."""
     seen = 0
-    for block in _blocks_in_order(np.where(np.isnan(ridge), -np.inf, ridge), cfg.pool_factor * greedy.limit):
+    for block in _blocks_in_order(key, first):
         greedy.scan(block, candidates.rows(block), first_rank=seen + 1)
         seen += block.size
         if greedy.done:
             break
+        log.info("diversity rules left %d of %d picks after %d candidates; reading more", len(greedy.picks),
+                 greedy.limit, seen)
+
+
+def _ridge_picks(greedy: _Greedy, candidates: "_Candidates", ridge: np.ndarray, cfg: RankConfig) -> int:
+    """rank.ridge_picks: the first picks, in one-hot ridge's prediction order under the diversity rules;
+    returns how many were taken (fewer when the rules close ridge's whole order)."""
+    greedy.limit = min(cfg.ridge_picks, cfg.top_n)
+    _greedy_pass(greedy, candidates, np.where(np.isnan(ridge), -np.inf, ridge), cfg.pool_factor * greedy.limit)
     greedy.limit = cfg.top_n
     return len(greedy.picks)
 
@@ -662,14 +670,7 @@ def rank_variants(scores_path: str | Path, rank_cfg: RankConfig | Mapping[str, A
         acq = np.array(thompson.draws, dtype=np.float64)  # per pick after ridge's, not per variant
     else:
         acq = acquisition(mean, std, cfg)
-        seen = 0
-        for block in _blocks_in_order(acq, cfg.pool_factor * cfg.top_n):
-            greedy.scan(block, candidates.rows(block), first_rank=seen + 1)
-            seen += block.size
-            if greedy.done:
-                break
-            log.info("diversity rules left %d of %d picks after %d candidates; reading more", len(greedy.picks),
-                     cfg.top_n, seen)
+        _greedy_pass(greedy, candidates, acq, cfg.pool_factor * cfg.top_n)
     if not greedy.done:
         _short_ranking(len(greedy.picks), mean.size, cfg)
     rows = np.array(greedy.pick_rows, dtype=np.int64)

@@ -182,11 +182,12 @@ def model_comparison(metrics: Mapping | None, ranking: pd.DataFrame | None = Non
     lines += ["", f"{verdict[:1].upper()}{verdict[1:]}."]
     if ranking is not None:
         model = ranking_model_of(ranking)
-        lines.append(f"The picks below are ranked by {MODEL_NAMES[model]} (rank.model).")
         n_ridge = int((ranking["model"] == "ridge").sum()) if model != "ridge" and "model" in ranking else 0
         if n_ridge:
-            lines[-1] = (f"The first {n_ridge} picks below are one-hot ridge's best predictions (rank.ridge_picks), "
+            lines.append(f"The first {n_ridge} picks below are one-hot ridge's best predictions (rank.ridge_picks), "
                          f"the others are ranked by {MODEL_NAMES[model]} (rank.model).")
+        else:
+            lines.append(f"The picks below are ranked by {MODEL_NAMES[model]} (rank.model).")
     return [*lines, ""]
 
 
