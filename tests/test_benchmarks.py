@@ -235,3 +235,33 @@ def test_dms_ceiling_scores_ridge_and_its_rivals_and_the_noise_by_read_depth(tmp
     with pytest.raises(SystemExit, match=r"^dms_ceiling: .*partial\.tsv: 1 test variants have no row") as e:
         dms_ceiling.main(["--dataset", str(dataset), "--epochs", "1", "--counts", str(tmp_path / "partial.tsv")])
     assert "\n" not in str(e.value)
+
+
+def test_simulate_paired_compares_each_strategy_with_the_baseline_on_the_runs_both_finished(tmp_path, capsys):
+    """benchmarks/simulate_paired.py: the difference is taken run by run, only over runs both strategies
+    finished, with ahead / level / behind counts; an unknown baseline is one line naming what the table has."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks import simulate_paired
+
+    best = {("ridge", 0): 0.5, ("ridge", 1): 0.7, ("ridge", 2): 0.6,
+            ("lyra", 0): 0.6, ("lyra", 1): 0.7, ("lyra", 2): 0.4, ("random", 0): 0.3}
+    runs = pd.DataFrame([{"strategy": s, "run": r, "round": 1, "screened": 480, "norm_best": b}
+                         for (s, r), b in best.items()])
+    runs = pd.concat([runs, runs.assign(screened=384, norm_best=runs["norm_best"] / 2)])
+    runs.to_parquet(tmp_path / "runs.parquet")
+
+    result = simulate_paired.main(["--runs", str(tmp_path / "runs.parquet"), "--screened", "480"])
+    lyra = result.set_index("strategy").loc["lyra"]
+    assert lyra["runs"] == 3 and lyra["difference"] == pytest.approx((0.1 + 0.0 - 0.2) / 3)
+    assert lyra["sem"] == pytest.approx(np.std([0.1, 0.0, -0.2], ddof=1) / np.sqrt(3))
+    assert (lyra["ahead"], lyra["level"], lyra["behind"]) == (1, 1, 1)
+    rand = result.set_index("strategy").loc["random"]
+    assert rand["runs"] == 1 and rand["difference"] == pytest.approx(-0.2)  # only run 0 has both
+    assert set(result["screened"]) == {480}
+    assert "| lyra | 480 | 3 | 0.567 | -0.033 ± 0.088 | 1 / 1 / 1 |" in capsys.readouterr().out
+
+    assert set(simulate_paired.main(["--runs", str(tmp_path / "runs.parquet")])["screened"]) == {384, 480}
+    with pytest.raises(SystemExit, match=r"^simulate_paired: .*runs\.parquet: no strategy 'ucb' \(it has lyra, random, ridge\)$"):
+        simulate_paired.main(["--runs", str(tmp_path / "runs.parquet"), "--baseline", "ucb"])
