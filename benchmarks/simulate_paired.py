@@ -8,7 +8,7 @@ budget (variants screened), over the runs both strategies finished:
 
 and how many runs it was ahead of the baseline, level with it, or behind. It reads the runs table that
 `snakemake simulate` writes (`results/<campaign>/simulation/runs.parquet`) or that
-`lyra simulate-collect --runs` gathers:
+`lyra simulate-collect --runs` gathers, or several of them with other runs of the same strategies:
 
     python benchmarks/simulate_paired.py --runs results/gb1_mlde/simulation/runs.parquet
 """
@@ -44,27 +44,37 @@ def paired(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 def main(argv=None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", required=True, help="runs table (runs.parquet of a simulation)")
+    ap.add_argument("--runs", required=True, nargs="+",
+                    help="runs tables (runs.parquet of a simulation); several are read as one, each run once")
     ap.add_argument("--baseline", default="ridge", help="the strategy every other is compared with")
     ap.add_argument("--screened", type=int, default=None, help="one budget only (default: every budget)")
     args = ap.parse_args(argv)
 
-    try:
-        runs = pd.read_parquet(args.runs)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"simulate_paired: {args.runs}: cannot read a runs table ({e})") from None
-    missing = [c for c in COLUMNS if c not in runs.columns]
-    if missing:
-        raise SystemExit(f"simulate_paired: {args.runs}: no column {missing[0]!r} (a runs table of `snakemake simulate`?)")
+    tables = []
+    for path in args.runs:
+        try:
+            table = pd.read_parquet(path)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"simulate_paired: {path}: cannot read a runs table ({e})") from None
+        missing = [c for c in COLUMNS if c not in table.columns]
+        if missing:
+            raise SystemExit(f"simulate_paired: {path}: no column {missing[0]!r} (a runs table of `snakemake simulate`?)")
+        tables.append(table[list(COLUMNS)])
+    runs = pd.concat(tables, ignore_index=True)
+    named = ", ".join(args.runs)
+    twice = runs.duplicated(["strategy", "run", "screened"])
+    if twice.any():
+        row = runs[twice].iloc[0]
+        raise SystemExit(f"simulate_paired: {named}: run {row['run']} of {row['strategy']!r} is in the tables twice")
     if args.baseline not in set(runs["strategy"]):
-        raise SystemExit(f"simulate_paired: {args.runs}: no strategy {args.baseline!r} "
+        raise SystemExit(f"simulate_paired: {named}: no strategy {args.baseline!r} "
                          f"(it has {', '.join(sorted(set(runs['strategy'])))})")
     if args.screened is not None:
         runs = runs[runs["screened"] == args.screened]
         if runs.empty:
-            raise SystemExit(f"simulate_paired: {args.runs}: no round ends at {args.screened} screened")
+            raise SystemExit(f"simulate_paired: {named}: no round ends at {args.screened} screened")
     result = paired(runs, args.baseline)
-    print(f"best / global max against {args.baseline}, run by run ({args.runs})\n")
+    print(f"best / global max against {args.baseline}, run by run ({named})\n")
     print(f"| strategy | screened | runs | mean | difference from {args.baseline} | ahead / level / behind |")
     print("|---|---:|---:|---:|---:|---|")
     for r in result.to_dict("records"):

@@ -263,5 +263,11 @@ def test_simulate_paired_compares_each_strategy_with_the_baseline_on_the_runs_bo
     assert "| lyra | 480 | 3 | 0.567 | -0.033 ± 0.088 | 1 / 1 / 1 |" in capsys.readouterr().out
 
     assert set(simulate_paired.main(["--runs", str(tmp_path / "runs.parquet")])["screened"]) == {384, 480}
+    runs.assign(run=runs["run"] + 10).to_parquet(tmp_path / "more.parquet")  # other plates, same strategies
+    both = simulate_paired.main(["--runs", str(tmp_path / "runs.parquet"), str(tmp_path / "more.parquet"),
+                                 "--screened", "480"]).set_index("strategy")
+    assert both.loc["lyra", "runs"] == 6 and both.loc["lyra", "difference"] == pytest.approx(lyra["difference"])
+    with pytest.raises(SystemExit, match=r"^simulate_paired: .*: run 0 of 'ridge' is in the tables twice$"):
+        simulate_paired.main(["--runs", str(tmp_path / "runs.parquet"), str(tmp_path / "runs.parquet")])
     with pytest.raises(SystemExit, match=r"^simulate_paired: .*runs\.parquet: no strategy 'ucb' \(it has lyra, random, ridge\)$"):
         simulate_paired.main(["--runs", str(tmp_path / "runs.parquet"), "--baseline", "ucb"])
