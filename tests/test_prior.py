@@ -135,10 +135,10 @@ def test_model_prior_term_is_beta_times_standardised_table_score():
 @pytest.mark.parametrize("sign", [1, -1])
 def test_prior_weight_held_to_its_sign(sign):
     model = Lyra(d_input=20, d_model=8, d_state=4, prior_length=6, prior_sign=sign)
-    assert float(model.prior_weight()) == pytest.approx(sign * math.log(2))  # softplus(0)
+    assert float(model.prior_weight().detach()) == pytest.approx(sign * math.log(2))  # softplus(0)
     for raw in (-30.0, -1.0, 0.0, 4.0):
         model.prior_beta.data.fill_(raw)
-        assert sign * float(model.prior_weight()) >= 0
+        assert sign * float(model.prior_weight().detach()) >= 0
     model.prior_beta.data.fill_(0.0)
     model.prior_table.copy_(torch.randn(6, 20))
     x = torch.nn.functional.one_hot(torch.randint(20, (4, 6)), 20).float()
@@ -290,7 +290,7 @@ def test_campaign_with_a_prior_runs_every_stage(tmp_path, monkeypatch):
     out = run_campaign(load_config(path), results=tmp_path / "results", config_files=(str(path),))
     model, info = load_checkpoint(out / "models" / "seed0.pt")
     assert info["model_config"]["prior_length"] == len(wt) and float(model.prior_table.abs().sum()) > 0
-    assert info["model_config"]["prior_sign"] == 1 and float(model.prior_weight()) > 0
+    assert info["model_config"]["prior_sign"] == 1 and float(model.prior_weight().detach()) > 0
     assert len((out / "ranking.csv").read_text().splitlines()) == 6
     roles = {r["role"] for r in json.loads((out / "manifest.json").read_text())["inputs"]}
     assert "prior msa" in roles
