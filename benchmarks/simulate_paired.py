@@ -16,8 +16,6 @@ and how many runs it was ahead of the baseline, level with it, or behind. It rea
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,5 +82,4 @@ def main(argv=None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()
