@@ -123,6 +123,26 @@ def test_per_member_validation_holds_out_other_rows_for_each_member(sim):
     assert picks.groupby("round").size().tolist() == [8, 4, 4, 4] and not picks["sequence"].duplicated().any()
 
 
+def test_a_strategys_seed_name_sets_its_randomness(sim):
+    """Renamed with seed: its old name, a strategy makes the same picks; the same settings under another
+    seed name are another replicate on the same plates."""
+    config, dataset, library, tmp = sim
+    config = {**config, "simulate": {**config["simulate"], "strategies": {
+        "random": {"model": "random"}, "random_renamed": {"model": "random", "seed": "random"},
+        "random_b": {"model": "random", "seed": "random_b_replicate"},
+        "lyra": {"model": "lyra"}, "lyra_renamed": {"model": "lyra", "seed": "lyra"}}}}
+    picks = {}
+    for strategy in ("random", "random_renamed", "random_b", "lyra", "lyra_renamed"):
+        simulate_run(config, dataset, library, strategy, 0, tmp / f"{strategy}.parquet", tmp / f"{strategy}.csv",
+                     tmp / "work" / strategy)
+        picks[strategy] = pd.read_csv(tmp / f"{strategy}.csv")
+    assert picks["random_renamed"].equals(picks["random"])
+    assert picks["lyra_renamed"].equals(picks["lyra"])
+    later = {s: set(p.loc[p["round"] > 0, "variant_id"]) for s, p in picks.items()}
+    assert later["random_b"] != later["random"]
+    assert picks["random_b"].query("round == 0").equals(picks["random"].query("round == 0"))  # same plate
+
+
 def test_summary_numbers_by_hand():
     runs = pd.DataFrame({
         "strategy": ["a"] * 4 + ["b"] * 2, "run": [0, 0, 1, 1, 0, 0], "round": [0, 1, 0, 1, 0, 1],

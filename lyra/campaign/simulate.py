@@ -13,8 +13,9 @@ Strategies (`simulate.strategies`):
   (`score_shard`) and ranked like the rank stage (`rank_variants`, any `rank.strategy`; `rank.model:
   blend` and `rank.ridge_picks` use one-hot ridge fitted on every measured variant).
 
-Every strategy of run k starts from the same first plate and draws its random choices from
-(simulate.seed, k), so strategies are compared on the same starts. A job is one (strategy, run); it
+Every strategy of run k starts from the same first plate, drawn from (simulate.seed, k), so strategies
+are compared on the same starts; each round's random choices come from (simulate.seed, k, the strategy's
+seed name, round), the seed name being the strategy's own unless it sets `seed`. A job is one (strategy, run); it
 keeps each finished round under simulation/work/, so a killed job resumes at its last finished round.
 """
 
@@ -424,7 +425,7 @@ def keep_finished_rounds(workdir: Path, identity: dict) -> None:
 def pick(settings: Mapping[str, Any], cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray,
          sim: SimulateConfig, run: int, round_: int, strategy: str, library: str | Path, workdir: Path) -> np.ndarray:
     model = settings["model"]
-    rng = rng_for(sim, run, strategy, round_)
+    rng = rng_for(sim, run, settings.get("seed", strategy), round_)
     if model == "random":
         return pick_random(land, measured, sim.batch_size, rng)
     seed = int(rng.integers(2**31 - 1))
