@@ -214,6 +214,7 @@ def test_ridge_picks_strategy_hedges_each_round_with_ridges_best(sim, caplog):
     ({"model": "lyra", "lyra": {"d_state": 3}}, "simulate.strategies.bad.lyra.d_state"),
     ({"model": "forest"}, "simulate.strategies.bad.model"),
     ({"model": "lyra", "validation": "own"}, "simulate.strategies.bad.validation"),
+    ({"model": "random", "seed": 3}, "simulate.strategies.bad.seed"),
 ])
 def test_a_bad_strategy_is_one_line_naming_its_key(tmp_path, strategy, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as e:
