@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -60,6 +61,7 @@ def main() -> None:
     from lyra.learn.train import TrainConfig, train_model
 
     torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # each epoch, as it ends
     recipes = dict(RECIPES)
     if args.recipe:
         recipes = {name: json.loads(spec) for name, spec in (r.split("=", 1) for r in args.recipe)}
@@ -84,8 +86,7 @@ def main() -> None:
             t = time.perf_counter()
             cfg = TrainConfig.from_dict({"max_epochs": args.epochs, "patience": 0, "device": "cpu",
                                          **recipe.get("train", {})})
-            result = train_model(frame, ds.meta, recipe.get("model", {}), cfg, 0, Path(tmp) / "member.pt",
-                                 log_every=0)
+            result = train_model(frame, ds.meta, recipe.get("model", {}), cfg, 0, Path(tmp) / "member.pt")
             curve = [h["valid_spearman"] for h in result.history]
             rows_out.append((name, curve, result.best_valid["spearman"], time.perf_counter() - t))
             print(f"  {name}: best {result.best_valid['spearman']:.3f}", flush=True)
