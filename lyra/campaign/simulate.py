@@ -15,8 +15,9 @@ Strategies (`simulate.strategies`):
 
 Every strategy of run k starts from the same first plate, drawn from (simulate.seed, k), so strategies
 are compared on the same starts; each round's random choices come from (simulate.seed, k, the strategy's
-seed name, round), the seed name being the strategy's own unless it sets `seed`. A job is one (strategy, run); it
-keeps each finished round under simulation/work/, so a killed job resumes at its last finished round.
+seed name, round), the seed name being the strategy's own unless it sets `seed`. A job is one
+(strategy, run); it keeps each finished round under simulation/work/, so a killed job resumes at its
+last finished round.
 """
 
 from __future__ import annotations
