@@ -426,7 +426,7 @@ def keep_finished_rounds(workdir: Path, identity: dict) -> None:
 def pick(settings: Mapping[str, Any], cfg: Mapping[str, Any], land: Landscape, measured: np.ndarray,
          sim: SimulateConfig, run: int, round_: int, strategy: str, library: str | Path, workdir: Path) -> np.ndarray:
     model = settings["model"]
-    rng = rng_for(sim, run, settings.get("seed", strategy), round_)
+    rng = rng_for(sim, run, settings.get("seed") or strategy, round_)
     if model == "random":
         return pick_random(land, measured, sim.batch_size, rng)
     seed = int(rng.integers(2**31 - 1))
